@@ -1,0 +1,32 @@
+"""cyllama: fast local LLM inference on llama.cpp (and speech-to-text on whisper.cpp)."""
+
+from ._errors import ClosedError, CyllamaError, DecodeError, ModelLoadError
+from ._ffi import LibraryNotFoundError
+from ._logging import set_verbose
+from ._version import __version__
+from .llama import (
+    GGUFContext,
+    LlamaBatch,
+    LlamaContext,
+    LlamaContextParams,
+    LlamaModel,
+    LlamaModelParams,
+    LlamaSampler,
+    LlamaSamplerChainParams,
+    LlamaVocab,
+    available_backends,
+    ggml_backend_load_all,
+    ggml_backend_metal_set_n_cb,
+    ggml_backend_offload_supported,
+    llama_batch_get_one,
+    system_info,
+)
+
+__all__ = [
+    "__version__",
+    "LlamaModel", "LlamaModelParams", "LlamaContext", "LlamaContextParams", "LlamaSampler",
+    "LlamaSamplerChainParams", "LlamaVocab", "LlamaBatch", "llama_batch_get_one", "GGUFContext",
+    "ggml_backend_load_all", "ggml_backend_offload_supported", "ggml_backend_metal_set_n_cb",
+    "system_info", "available_backends", "set_verbose",
+    "CyllamaError", "ModelLoadError", "DecodeError", "ClosedError", "LibraryNotFoundError",
+]

@@ -1,0 +1,82 @@
+"""Routes llama.cpp, ggml and whisper.cpp log output to Python ``logging``.
+
+Native log lines go to the ``cyllama.native`` logger. By default only errors are forwarded
+(quiet); ``set_verbose(True)`` (or ``verbose=True`` on the high-level classes) forwards
+everything at its level. The last error lines are kept so that a failed load can say why.
+"""
+
+from __future__ import annotations
+
+__all__ = ["set_verbose", "is_verbose", "install", "last_errors", "native_logger"]
+
+import collections
+from typing import Any
+import logging
+import threading
+
+from ._ffi import ffi
+
+native_logger = logging.getLogger("cyllama.native")
+
+# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5
+_LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+
+_state = threading.local()
+_verbose = False
+_recent_errors: collections.deque[str] = collections.deque(maxlen=8)
+_installed: set[str] = set()
+_install_lock = threading.Lock()
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show (True) or hide (False) llama.cpp's own log output."""
+    global _verbose
+    _verbose = bool(verbose)
+    if _verbose and not native_logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        native_logger.addHandler(handler)
+        native_logger.setLevel(logging.DEBUG)
+
+
+def is_verbose() -> bool:
+    return _verbose
+
+
+def last_errors() -> list[str]:
+    """The most recent native error/warning lines (newest last)."""
+    return list(_recent_errors)
+
+
+def _emit(level: int, text: str) -> None:
+    if level >= logging.WARNING:
+        _recent_errors.append(text)
+    if _verbose or level >= logging.ERROR:
+        native_logger.log(level, text)
+
+
+@ffi.callback("void(enum ggml_log_level, const char *, void *)", onerror=lambda *a: None)
+def _log_callback(level: int, text: Any, user_data: Any) -> None:  # type: ignore[name-defined]
+    msg = ffi.string(text).decode("utf-8", "replace")
+    # CONT continues the previous message; llama.cpp also emits partial lines ("." progress dots)
+    buf = getattr(_state, "buf", "")
+    if level != 5:
+        _state.level = _LEVELS.get(level, logging.INFO)
+    elif not hasattr(_state, "level"):
+        _state.level = logging.INFO
+    buf += msg
+    if "\n" in buf:
+        *lines, buf = buf.split("\n")
+        for line in lines:
+            if line.strip():
+                _emit(_state.level, line)
+    _state.buf = buf
+
+
+def install(lib: Any, setter: str) -> None:
+    """Installs the callback with one library's log setter (``llama_log_set``, ``whisper_log_set``)."""
+    with _install_lock:
+        if setter in _installed:
+            return
+        getattr(lib, setter)(_log_callback, ffi.NULL)
+        _installed.add(setter)
