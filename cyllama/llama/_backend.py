@@ -55,9 +55,9 @@ def ggml_backend_load_all() -> None:
 
 
 def ggml_backend_offload_supported() -> bool:
-    """True when a GPU backend is available, so model layers can be offloaded."""
+    """True when a GPU device is present, so model layers can be offloaded to it."""
     ensure_backend()
-    return bool(lib.llama_supports_gpu_offload())
+    return any(d["type"] in ("gpu", "igpu") for d in devices())
 
 
 def ggml_backend_metal_set_n_cb(n_cb: int) -> None:

@@ -26,6 +26,7 @@ class Field:
                  choices: dict[str, int] | None = None):
         self.kind, self.lo, self.hi, self.doc, self.c_name = kind, lo, hi, doc, c_name
         self.choices = choices
+        self.name = c_name or "value"
         self.__doc__ = doc
 
     def __set_name__(self, owner: type, name: str) -> None:
@@ -95,6 +96,10 @@ class StructParams:
         object.__setattr__(self, "_keepalive", {})
         self._struct[0] = type(self)._defaults()
         self._after_defaults()
+        unknown = [k for k in kwargs if k not in self.fields()]
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown parameter(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(self.fields())}")
         for key, value in kwargs.items():
             setattr(self, key, value)
 

@@ -63,6 +63,7 @@ class LlamaContextParams(StructParams):
     kv_unified = Field(bool, doc="one KV buffer shared by all sequences")
 
     def _after_defaults(self) -> None:
+        self.no_perf = False  # keep llama.cpp's timing counters (perf_data) on
         n = default_n_threads()
         self.n_threads = n
         self.n_threads_batch = n
@@ -360,7 +361,7 @@ class LlamaContext(NativeHandle):
 
     # -- state -----------------------------------------------------------------------------
     def get_state(self) -> bytes:
-        """The whole context state (KV cache, logits, RNG) as bytes."""
+        """The context's memory (KV cache) as bytes; restore it with :meth:`set_state`."""
         ptr = self.ptr
         size = lib.llama_state_get_size(ptr)
         buf = ffi.new("uint8_t[]", size)
@@ -376,8 +377,13 @@ class LlamaContext(NativeHandle):
         n = lib.llama_state_set_data(ptr, data, len(state))
         if n == 0:
             raise ValueError("state data does not match this context (different model or size?)")
-        self._n_outputs = 0
+        self._restore_outputs()
         return int(n)
+
+    def _restore_outputs(self) -> None:
+        """The pinned llama.cpp's state holds the memory (KV cache) but not the last logits:
+        after a restore, decode the next token before sampling."""
+        self._n_outputs, self._out_flags, self._last_n_tokens = 0, None, 0
 
     def seq_get_state(self, seq_id: int) -> bytes:
         ptr = self.ptr
@@ -416,7 +422,7 @@ class LlamaContext(NativeHandle):
         n_out = ffi.new("size_t *")
         if not lib.llama_state_load_file(ptr, os.fsencode(p), out, cap, n_out):
             raise ValueError(f"failed to load state from {p} (wrong model, context too small or corrupt file)")
-        self._n_outputs = 0
+        self._restore_outputs()
         return ffi.unpack(out, n_out[0])
 
     # -- performance -----------------------------------------------------------------------

@@ -32,46 +32,34 @@ _RANGES = {"u8": (0, 2**8 - 1), "i8": (-(2**7), 2**7 - 1), "u16": (0, 2**16 - 1)
            "u32": (0, 2**32 - 1), "i32": (-(2**31), 2**31 - 1), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}
 
 
-def _init_params(load_data: bool) -> tuple[Any, Any]:
-    params = ffi.new("struct gguf_init_params *")
-    params.no_alloc = not load_data
-    ctx_out = ffi.new("struct ggml_context **") if load_data else ffi.NULL
-    params.ctx = ctx_out
-    return params, ctx_out
-
-
 class GGUFContext(NativeHandle):
     """A GGUF file's key/value metadata and tensor list; see :meth:`from_file` and :meth:`empty`."""
 
-    def __init__(self, _ptr: Any, path: Path | None = None, ggml_ctx: Any = None):
+    def __init__(self, _ptr: Any, path: Path | None = None):
         if _ptr == ffi.NULL:
             raise ValueError("GGUFContext needs a native context; use from_file() or empty()")
         self.path = path
-        self._ggml_ctx = ggml_ctx
         self._adopt(_ptr, lib.gguf_free)
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, load_data: bool = False) -> "GGUFContext":
-        """Reads a GGUF file's metadata (and, with ``load_data``, its tensor data into memory)."""
+    def from_file(cls, path: str | os.PathLike) -> "GGUFContext":
+        """Reads a GGUF file's metadata and tensor list (tensor data stays in the file)."""
         p = check_path(path, "GGUF")
         with open(p, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise ValueError(f"not a GGUF file: {p}")
-        params, ctx_out = _init_params(load_data)
+        params = ffi.new("struct gguf_init_params *")
+        params.no_alloc = True
+        params.ctx = ffi.NULL
         ptr = lib.gguf_init_from_file(os.fsencode(p), params[0])
         if ptr == ffi.NULL:
             raise ValueError(f"failed to read GGUF file (corrupt or truncated): {p}")
-        return cls(ptr, p, ctx_out[0] if load_data else None)
+        return cls(ptr, p)
 
     @classmethod
     def empty(cls) -> "GGUFContext":
         """A new GGUF with no metadata and no tensors."""
         return cls(lib.gguf_init_empty())
-
-    def _before_close(self) -> None:
-        if self._ggml_ctx is not None:
-            lib.ggml_free(self._ggml_ctx)
-            self._ggml_ctx = None
 
     # -- keys ------------------------------------------------------------------------------
     @property
@@ -225,40 +213,56 @@ class GGUFContext(NativeHandle):
 
     # -- writing ---------------------------------------------------------------------------
     def write_to_file(self, path: str | os.PathLike, write_tensors: bool = True) -> Path:
-        """Writes the GGUF (atomically). Tensor data comes from memory or from the source file."""
+        """Writes the GGUF atomically; tensor data is copied from the source file.
+
+        ggml writes the metadata (header, keys, tensor infos, padding); the tensor data is then
+        appended here from a memory map of the source, in the layout those infos describe. (The
+        pinned ggml's own tensor writer reads uninitialised fields of metadata-only contexts.)
+        """
         ptr = self.ptr
         dest = Path(path).expanduser()
         if not dest.parent.exists():
             raise FileNotFoundError(f"folder does not exist: {dest.parent}")
-        with_tensors = write_tensors and lib.gguf_get_n_tensors(ptr) > 0
-        src_ptr, src_ggml = ptr, None
-        if with_tensors and self._ggml_ctx is None:
-            if self.path is None:
-                raise ValueError("this GGUF has tensors without data; write with write_tensors=False")
-            params, ctx_out = _init_params(True)
-            src_ptr = lib.gguf_init_from_file(os.fsencode(self.path), params[0])
-            if src_ptr == ffi.NULL:
-                raise CyllamaError(f"could not reload tensor data from {self.path}")
-            src_ggml = ctx_out[0]
-            keep = set(self.keys())
-            for k in [ffi.string(lib.gguf_get_key(src_ptr, i)).decode("utf-8", "replace")
-                      for i in range(lib.gguf_get_n_kv(src_ptr))]:
-                if k not in keep:
-                    lib.gguf_remove_key(src_ptr, _key(k))
-            lib.gguf_set_kv(src_ptr, ptr)
+        n_tensors = int(lib.gguf_get_n_tensors(ptr))
+        with_tensors = bool(write_tensors) and n_tensors > 0
+        if with_tensors and self.path is None:
+            raise ValueError("this GGUF has tensors without data; write with write_tensors=False")
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            if not lib.gguf_write_to_file(src_ptr, os.fsencode(tmp), not with_tensors):
+            if not lib.gguf_write_to_file(ptr, os.fsencode(tmp), True):
                 raise CyllamaError(f"failed to write GGUF to {dest}")
+            if with_tensors:
+                self._append_tensor_data(tmp)
             os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            if src_ggml is not None:
-                lib.gguf_free(src_ptr)
-                lib.ggml_free(src_ggml)
         return dest
+
+    def _append_tensor_data(self, out_path: str) -> None:
+        ptr = self.ptr
+        align = int(lib.gguf_get_alignment(ptr))
+        src_base = int(lib.gguf_get_data_offset(ptr))
+        mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+        try:
+            with open(out_path, "r+b") as out:
+                out.seek(0, os.SEEK_END)
+                expected = 0
+                for i in range(int(lib.gguf_get_n_tensors(ptr))):
+                    off = int(lib.gguf_get_tensor_offset(ptr, i))
+                    size = int(lib.gguf_get_tensor_size(ptr, i))
+                    if off != expected:
+                        raise ValueError(f"{self.path}: tensor data is not laid out sequentially; cannot rewrite")
+                    start = src_base + off
+                    if start + size > len(mapped):
+                        raise ValueError(f"{self.path} is truncated: tensor {i} ends past the end of the file")
+                    out.write(mapped[start:start + size].tobytes())
+                    padded = (size + align - 1) // align * align
+                    out.write(b"\0" * (padded - size))
+                    expected = off + padded
+        finally:
+            del mapped
 
     def __repr__(self) -> str:
         if self.closed:

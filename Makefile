@@ -1,0 +1,34 @@
+# The README's two commands: `make run` (build, fetch the default model, stream an answer)
+# and `make test` (build, fetch test inputs, run the test suite). Both set up everything.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEPS   := cffi numpy jinja2 pytest requests
+
+.PHONY: venv build run test bench info clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(DEPS)
+
+venv: $(PY)
+
+build: $(PY)
+	$(PY) build_lib.py
+
+run: build
+	$(PY) -m cyllama generate --stream
+
+info: build
+	$(PY) -m cyllama info
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) benchmarks/bench_decode.py
+
+clean:
+	$(PY) build_lib.py --clean || true
+	rm -rf $(VENV)

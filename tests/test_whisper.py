@@ -1,0 +1,284 @@
+"""whisper.cpp through cyllama: the real tiny.en model on whisper.cpp's jfk.wav."""
+
+from __future__ import annotations
+
+import re
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cyllama import ClosedError, _assets
+from cyllama.whisper import (
+    Segment,
+    TranscriptionResult,
+    WhisperContext,
+    WhisperParams,
+    convert_ct2_to_ggml,
+    default_model_path,
+    lang_id,
+    lang_str,
+    languages,
+    read_wav,
+)
+
+PHRASE = "ask not what your country can do for you"
+
+
+def norm(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+@pytest.fixture(scope="module")
+def whisper_model() -> Path:
+    return default_model_path()
+
+
+@pytest.fixture(scope="module")
+def jfk() -> Path:
+    return _assets.speech_sample_path()
+
+
+@pytest.fixture(scope="module")
+def wctx(whisper_model: Path) -> WhisperContext:
+    ctx = WhisperContext(whisper_model)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def jfk_result(wctx: WhisperContext, jfk: Path) -> TranscriptionResult:
+    return wctx.transcribe(jfk, WhisperParams(language="en"))
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = 16000, channels: int = 1, width: int = 2) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
+# -- the model ------------------------------------------------------------------------------
+def test_default_model_is_a_ggml_whisper_file(whisper_model: Path) -> None:
+    assert whisper_model.name == "whisper-tiny-en.bin"
+    assert whisper_model.read_bytes()[:4] == (0x67676D6C).to_bytes(4, "little")
+    assert callable(convert_ct2_to_ggml)
+
+
+def test_context_properties(wctx: WhisperContext) -> None:
+    assert wctx.n_vocab == 51864  # tiny.en
+    assert wctx.is_multilingual is False
+    assert wctx.model_type == "tiny"
+    assert "tiny" in repr(wctx)
+
+
+def test_language_helpers() -> None:
+    assert lang_id("en") == 0 and lang_id("german") == lang_id("de") == 2
+    assert lang_id("klingon") == -1
+    assert lang_str(2) == "de" and lang_str(10_000) is None and lang_str(-1) is None
+    assert "en" in languages() and len(languages()) >= 99
+    assert WhisperContext.lang_id("fr") == lang_id("fr")
+
+
+# -- transcription --------------------------------------------------------------------------
+def test_transcript(jfk_result: TranscriptionResult) -> None:
+    assert PHRASE in norm(jfk_result.text), jfk_result.text
+    assert "fellow americans" in norm(jfk_result.text)
+    assert jfk_result.language == "en"
+    assert str(jfk_result) == jfk_result.text
+
+
+def test_segments_have_sensible_timestamps(jfk_result: TranscriptionResult) -> None:
+    segs = jfk_result.segments
+    assert segs and all(isinstance(s, Segment) for s in segs)
+    prev_end = 0.0
+    for s in segs:
+        assert 0.0 <= s.start <= s.end <= 11.5, segs
+        assert s.start >= prev_end - 1e-6, segs
+        assert s.text and s.text == s.text.strip()
+        prev_end = s.end
+    assert segs[-1].end > 5.0
+    assert norm(" ".join(s.text for s in segs)) == norm(jfk_result.text)
+
+
+def test_array_input_gives_the_same_text(wctx: WhisperContext, jfk: Path, jfk_result: TranscriptionResult) -> None:
+    with wave.open(str(jfk), "rb") as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    samples = pcm.astype(np.float32) / 32768.0
+    np.testing.assert_array_equal(samples, read_wav(jfk))
+    result = wctx.transcribe(samples, WhisperParams(language="en"))
+    assert result.text == jfk_result.text
+    assert [(s.start, s.end) for s in result.segments] == [(s.start, s.end) for s in jfk_result.segments]
+    # float64 and int16 arrays are converted (int16 scaled to [-1, 1])
+    assert wctx.transcribe(pcm.copy()).text == jfk_result.text
+
+
+def test_beam_search_and_options(wctx: WhisperContext, jfk: Path) -> None:
+    p = WhisperParams(strategy="beam_search", beam_size=2, language="auto", no_timestamps=True,
+                      single_segment=True, initial_prompt="President Kennedy's inaugural address.")
+    assert p.strategy == "beam_search" and p.beam_size == 2 and p.language == "auto"
+    result = wctx.transcribe(jfk, p)
+    assert PHRASE in norm(result.text), result.text
+    assert len(result.segments) == 1
+    assert result.language == "en"  # English-only model: no detection
+
+
+def test_stereo_wav_is_averaged(wctx: WhisperContext, jfk: Path, jfk_result: TranscriptionResult,
+                                tmp_path: Path) -> None:
+    with wave.open(str(jfk), "rb") as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    stereo = write_wav(tmp_path / "stereo.wav", np.repeat(pcm, 2), channels=2)
+    np.testing.assert_array_equal(read_wav(stereo), read_wav(jfk))
+    p = WhisperParams(offset_ms=0, duration_ms=3000)  # only the first 3 s: quick
+    assert norm(wctx.transcribe(stereo, p).text).startswith("and so my fellow")
+
+
+def test_very_short_audio_gives_an_empty_result(wctx: WhisperContext) -> None:
+    # whisper.cpp skips < 100 ms and reads past the end of < 201 samples: never passed to C
+    result = wctx.transcribe(np.zeros(100, dtype=np.float32))
+    assert result.text == "" and result.segments == []
+
+
+# -- bad inputs -----------------------------------------------------------------------------
+def test_missing_model_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        WhisperContext(tmp_path / "nope.bin")
+
+
+def test_text_file_is_not_a_model(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_text("this is not a whisper model\n")
+    with pytest.raises(ValueError, match="model.bin"):
+        WhisperContext(path)
+
+
+def test_corrupt_header_is_rejected_before_c(whisper_model: Path, tmp_path: Path) -> None:
+    head = bytearray(whisper_model.read_bytes()[:4096])
+    head[44:48] = (5).to_bytes(4, "little")  # an ftype ggml would abort on
+    path = tmp_path / "bad.bin"
+    path.write_bytes(bytes(head))
+    with pytest.raises(ValueError, match="bad.bin"):
+        WhisperContext(path)
+
+
+def test_bad_audio_inputs(wctx: WhisperContext, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        wctx.transcribe(tmp_path / "missing.wav")
+    with pytest.raises(ValueError, match="empty"):
+        wctx.transcribe(np.zeros(0, dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        wctx.transcribe(np.array([0.0, np.nan] * 1000, dtype=np.float32))
+    with pytest.raises(ValueError, match="1-D"):
+        wctx.transcribe(np.zeros((2, 16000), dtype=np.float32))
+    with pytest.raises(TypeError):
+        wctx.transcribe(b"RIFF....")
+    tone = (np.sin(np.arange(8000) / 8000 * 2 * np.pi * 440) * 10000).astype("<i2")
+    with pytest.raises(ValueError, match="8000 Hz"):
+        wctx.transcribe(write_wav(tmp_path / "8k.wav", tone, rate=8000))
+    with pytest.raises(ValueError, match="8-bit"):
+        wctx.transcribe(write_wav(tmp_path / "u8.wav", np.full(16000, 128, dtype=np.uint8), width=1))
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    with pytest.raises(ValueError, match="WAV"):
+        wctx.transcribe(text)
+    with pytest.raises(ValueError, match="English-only"):
+        wctx.transcribe(np.zeros(16000, dtype=np.float32), WhisperParams(language="de"))
+    with pytest.raises(TypeError):
+        wctx.transcribe(np.zeros(16000, dtype=np.float32), {"language": "en"})
+
+
+def test_params_validation() -> None:
+    p = WhisperParams()
+    assert p.strategy == "greedy" and p.language == "en" and p.n_threads >= 1
+    assert not p.print_progress and not p.print_realtime and not p.print_timestamps
+    with pytest.raises(AttributeError, match="languag"):
+        p.languag = "en"
+    with pytest.raises(ValueError, match="n_threads"):
+        p.n_threads = 0
+    with pytest.raises(TypeError, match="n_threads"):
+        p.n_threads = "4"
+    with pytest.raises(ValueError, match="language"):
+        p.language = "klingon"
+    with pytest.raises(ValueError, match="beam_size"):
+        p.beam_size = 9
+    with pytest.raises(ValueError, match="best_of"):
+        p.best_of = 0
+    with pytest.raises(ValueError, match="temperature"):
+        p.temperature = float("nan")
+    with pytest.raises(ValueError, match="offset_ms"):
+        p.offset_ms = -1
+    with pytest.raises(TypeError, match="translate"):
+        p.translate = "yes"
+    with pytest.raises(ValueError, match="strategy"):
+        WhisperParams(strategy="sampling")
+    with pytest.raises(ValueError, match="initial_prompt"):
+        p.initial_prompt = "a\x00b"
+    p.language = "English"
+    assert p.language == "en"
+    p.language = None
+    assert p.language == "auto"
+    p.initial_prompt = "hello"
+    assert p.initial_prompt == "hello"
+    p.initial_prompt = None
+    assert p.initial_prompt is None
+    assert WhisperParams(strategy="beam_search").beam_size == 5
+
+
+# -- lifetime and threads -------------------------------------------------------------------
+def test_close_is_idempotent_and_use_after_close_raises(whisper_model: Path) -> None:
+    ctx = WhisperContext(whisper_model)
+    ctx.close()
+    ctx.close()
+    assert ctx.closed
+    with pytest.raises(ClosedError):
+        ctx.transcribe(np.zeros(16000, dtype=np.float32))
+    with WhisperContext(whisper_model) as c2:
+        assert not c2.closed
+    assert c2.closed
+
+
+def test_concurrent_use_raises(wctx: WhisperContext) -> None:
+    assert wctx._busy.acquire(blocking=False)  # as if another thread were inside whisper_full
+    try:
+        with pytest.raises(RuntimeError, match="another thread"):
+            wctx.transcribe(np.zeros(16000, dtype=np.float32))
+        with pytest.raises(RuntimeError, match="transcribing"):
+            wctx.close()
+    finally:
+        wctx._busy.release()
+    assert not wctx.closed
+
+
+# -- llama and whisper share one ggml ---------------------------------------------------------
+def _mapped_ggml_base() -> set[str]:
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f if "libggml-base" in line}
+
+
+def test_llama_and_whisper_in_one_process(wctx: WhisperContext, jfk: Path) -> None:
+    from cyllama import LlamaContext, LlamaContextParams, LlamaModel, LlamaSampler, llama_batch_get_one
+
+    with LlamaModel(_assets.default_model_path()) as model:
+        with LlamaContext(model, LlamaContextParams(n_ctx=256, n_batch=256)) as ctx:
+            vocab = model.get_vocab()
+            tokens = vocab.tokenize("The capital of France is")
+            sampler = LlamaSampler()
+            sampler.add_greedy()
+            out = []
+            ctx.decode(llama_batch_get_one(tokens))
+            for _ in range(4):
+                tok = sampler.sample(ctx, -1)
+                out.append(tok)
+                ctx.decode(llama_batch_get_one([tok]))
+            sampler.close()
+            assert len(out) == 4 and all(0 <= t < model.n_vocab for t in out)
+            # whisper runs while the llama context is alive, on the same ggml
+            result = wctx.transcribe(jfk, WhisperParams(duration_ms=4000))
+            assert norm(result.text).startswith("and so my fellow")
+    assert wctx.transcribe(jfk).text  # and after it is freed
+    import sys
+    if sys.platform.startswith("linux"):
+        assert len({Path(p).resolve() for p in _mapped_ggml_base()}) == 1
