@@ -433,7 +433,13 @@ class LlamaContext(NativeHandle):
                 "t_eval_ms": d.t_eval_ms, "n_p_eval": d.n_p_eval, "n_eval": d.n_eval, "n_reused": d.n_reused}
 
     def print_perf_data(self) -> None:
-        lib.llama_perf_context_print(self.ptr)
+        """Prints llama.cpp's timing counters (its own printer writes to the log, hidden by default)."""
+        d = self.perf_data()
+        pp = d["n_p_eval"] / d["t_p_eval_ms"] * 1e3 if d["t_p_eval_ms"] > 0 else 0.0
+        tg = d["n_eval"] / d["t_eval_ms"] * 1e3 if d["t_eval_ms"] > 0 else 0.0
+        print(f"llama perf: load {d['t_load_ms']:.1f} ms | prompt eval {d['t_p_eval_ms']:.1f} ms / "
+              f"{d['n_p_eval']} tokens ({pp:.1f} tok/s) | eval {d['t_eval_ms']:.1f} ms / {d['n_eval']} runs "
+              f"({tg:.1f} tok/s) | graphs reused {d['n_reused']}")
 
     def reset_perf_data(self) -> None:
         lib.llama_perf_context_reset(self.ptr)
