@@ -65,3 +65,8 @@ def test_bad_grammar_and_values(model) -> None:
         LlamaSampler().add_penalties(64, 0.0)
     with pytest.raises(ValueError):
         LlamaSampler().add_dist(2**40)
+    s = LlamaSampler(vocab=v).add_grammar('root ::= "a"').add_greedy()
+    with pytest.raises(ValueError, match="out of range"):
+        s.accept(v.n_vocab + 5)
+    with pytest.raises(ValueError, match="vocabulary"):
+        LlamaSampler().add_penalties(64, 1.1).accept(3)

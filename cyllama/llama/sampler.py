@@ -228,7 +228,15 @@ class LlamaSampler(NativeHandle):
 
     def accept(self, token: int) -> None:
         """Tells stateful samplers (penalties, grammar) that ``token`` was chosen."""
-        lib.llama_sampler_accept(self.ptr, int(token))
+        ptr = self.ptr
+        if self._pending or self._vocab is None:
+            if self._pending:
+                raise ValueError("accept() before the chain knows its vocabulary: pass vocab= or sample() first")
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise ValueError(f"token must be a non-negative int, got {token!r}")
+        else:
+            token = self._vocab.check_token(token)  # grammar samplers index the vocabulary with it
+        lib.llama_sampler_accept(ptr, int(token))
 
     def reset(self) -> None:
         lib.llama_sampler_reset(self.ptr)
