@@ -4,6 +4,11 @@ from ._errors import ClosedError, CyllamaError, DecodeError, ModelLoadError
 from ._ffi import LibraryNotFoundError
 from ._logging import set_verbose
 from ._version import __version__
+from ._config import GenerationConfig, GenerationStats
+from ._generation import GenerationChunk
+from ._llm import LLM, Generator, chat, complete, generate
+from ._batch import BatchGenerator, BatchRequest, BatchResponse, batch_generate
+from ._engine import Engine, EngineRequest, QueueFullError
 from .llama import (
     GGUFContext,
     LlamaBatch,
@@ -24,6 +29,8 @@ from .llama import (
 
 __all__ = [
     "__version__",
+    "complete", "generate", "chat", "LLM", "Generator", "GenerationConfig", "GenerationStats", "GenerationChunk",
+    "batch_generate", "BatchGenerator", "BatchRequest", "BatchResponse", "Engine", "EngineRequest", "QueueFullError",
     "LlamaModel", "LlamaModelParams", "LlamaContext", "LlamaContextParams", "LlamaSampler",
     "LlamaSamplerChainParams", "LlamaVocab", "LlamaBatch", "llama_batch_get_one", "GGUFContext",
     "ggml_backend_load_all", "ggml_backend_offload_supported", "ggml_backend_metal_set_n_cb",

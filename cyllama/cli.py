@@ -38,45 +38,98 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _stats_line(llm, stats) -> str:
+    return f"[{llm.model_path.name}] {stats}"
+
+
+def _load(args: argparse.Namespace):
     from . import _assets
-    from ._generation import StreamStats, apply_chat_template, stream_text
-    from .llama import LlamaContext, LlamaContextParams, LlamaModel, LlamaModelParams, LlamaSampler
+    from ._llm import LLM
 
     model_path = args.model or _assets.default_model_path()
-    model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=args.n_gpu_layers), verbose=args.verbose)
-    prompt = args.prompt
-    if not args.raw and model.chat_template():
-        prompt = apply_chat_template(model, [{"role": "user", "content": prompt}])
-    vocab = model.get_vocab()
-    tokens = vocab.tokenize(prompt, add_special=True, parse_special=True)
-    n_ctx = args.n_ctx or min(model.n_ctx_train, len(tokens) + args.max_tokens + 8)
-    cparams = LlamaContextParams(n_ctx=n_ctx, n_batch=min(512, max(n_ctx, 1)))
+    kw = {"temperature": args.temperature, "max_tokens": args.max_tokens, "repeat_penalty": args.repeat_penalty,
+          "seed": args.seed, "n_gpu_layers": args.n_gpu_layers}
+    if args.n_ctx:
+        kw["n_ctx"] = args.n_ctx
     if args.threads:
-        cparams.n_threads = cparams.n_threads_batch = args.threads
-    ctx = LlamaContext(model, cparams)
-    sampler = LlamaSampler()
-    if args.temperature <= 0:
-        sampler.add_greedy()
-    else:
-        sampler.add_penalties(64, args.repeat_penalty)
-        sampler.add_top_k(40).add_top_p(0.95).add_min_p(0.05).add_temp(args.temperature).add_dist(args.seed)
-    stats = StreamStats()
-    if args.stream:
-        for chunk in stream_text(ctx, sampler, tokens, args.max_tokens, stats):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    else:
-        print("".join(stream_text(ctx, sampler, tokens, args.max_tokens, stats)))
-    if not args.quiet:
-        print(f"\n[{model.path.name}] prompt: {stats.prompt_tokens} tokens in {stats.prompt_time * 1000:.0f} ms "
-              f"({stats.prompt_tokens_per_second:.1f} tok/s) | generated: {stats.generated_tokens} tokens in "
-              f"{stats.generation_time:.2f} s ({stats.tokens_per_second:.1f} tok/s) | time to first token: "
-              f"{stats.time_to_first_token * 1000:.0f} ms | finish: {stats.finish_reason}", file=sys.stderr)
-    ctx.close()
-    model.close()
+        kw["n_threads"] = args.threads
+    return LLM(model_path, verbose=args.verbose, **kw)
+
+
+def _schema_arg(args: argparse.Namespace) -> dict | None:
+    if not getattr(args, "json_schema", None):
+        return None
+    with open(args.json_schema, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{args.json_schema} is not valid JSON: {exc}") from None
+
+
+def _generate(args: argparse.Namespace) -> int:
+    schema = _schema_arg(args)
+    with _load(args) as llm:
+        kw = {"json_schema": schema} if schema is not None else {}
+        if args.raw or not llm.model.chat_template():
+            chunks = llm.stream(args.prompt, **kw)
+        else:
+            chunks = llm.chat_stream([{"role": "user", "content": args.prompt}], **kw)
+        if args.stream:
+            for c in chunks:
+                sys.stdout.write(c.text)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            print("".join(c.text for c in chunks))
+        if not args.quiet:
+            print(_stats_line(llm, llm.last_stats), file=sys.stderr)
     return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    with _load(args) as llm:
+        messages: list[dict] = []
+        if args.system:
+            messages.append({"role": "system", "content": args.system})
+        print(f"cyllama chat with {llm.model_path.name}: empty line or Ctrl-D to quit, /reset to start over",
+              file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print(file=sys.stderr)
+                return 0
+            if not line.strip():
+                return 0
+            if line.strip() == "/reset":
+                messages = messages[:1] if args.system else []
+                continue
+            messages.append({"role": "user", "content": line})
+            parts = []
+            try:
+                for c in llm.chat_stream(messages):
+                    parts.append(c.text)
+                    sys.stdout.write(c.text)
+                    sys.stdout.flush()
+            except KeyboardInterrupt:
+                print("\n[interrupted]", file=sys.stderr)
+            sys.stdout.write("\n")
+            messages.append({"role": "assistant", "content": "".join(parts)})
+            if not args.quiet and llm.last_stats is not None:
+                print(_stats_line(llm, llm.last_stats), file=sys.stderr)
+
+
+def _common(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("-m", "--model", help="GGUF model (default: SmolLM2-135M-Instruct, fetched on first use)")
+    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
+    p.add_argument("-t", "--temperature", type=float, default=0.0)
+    p.add_argument("--repeat-penalty", type=float, default=1.1)
+    p.add_argument("--seed", type=int, default=-1)
+    p.add_argument("-c", "--n-ctx", type=int, default=0, help="context size (default: sized to fit)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=99)
+    p.add_argument("-q", "--quiet", action="store_true", help="no statistics line")
+    p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,20 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=_info)
     g = sub.add_parser("generate", help="generate text from a prompt")
-    g.add_argument("-m", "--model", help="GGUF model (default: SmolLM2-135M-Instruct, fetched on first use)")
+    _common(g, 256)
     g.add_argument("-p", "--prompt", default=DEFAULT_PROMPT)
-    g.add_argument("-n", "--max-tokens", type=int, default=256)
-    g.add_argument("-t", "--temperature", type=float, default=0.0)
-    g.add_argument("--repeat-penalty", type=float, default=1.1)
-    g.add_argument("--seed", type=int, default=-1)
-    g.add_argument("-c", "--n-ctx", type=int, default=0)
-    g.add_argument("--threads", type=int, default=0)
-    g.add_argument("-ngl", "--n-gpu-layers", type=int, default=99)
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--raw", action="store_true", help="do not apply the model's chat template")
-    g.add_argument("-q", "--quiet", action="store_true", help="no statistics line")
-    g.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
+    g.add_argument("--json-schema", metavar="FILE", help="constrain the output to this JSON schema")
     g.set_defaults(fn=_generate)
+    c = sub.add_parser("chat", help="interactive chat that keeps the conversation")
+    _common(c, 512)
+    c.add_argument("-s", "--system", help="system prompt")
+    c.set_defaults(fn=_chat)
     return ap
 
 

@@ -109,6 +109,7 @@ class LlamaContext(NativeHandle):
         self._last_n_tokens = 0
         self._out_flags: np.ndarray | None = None
         self._abort_cb: Any = None
+        self._interrupted = False
 
     # -- decoding --------------------------------------------------------------------------
     def _check_batch(self, batch: LlamaBatch) -> int:
@@ -171,6 +172,9 @@ class LlamaContext(NativeHandle):
             self._n_outputs, self._out_flags = int(np.count_nonzero(flags)), flags
         if rc != 0:
             self._n_outputs = 0
+            if rc == 2 and self._interrupted:
+                self._interrupted = False
+                raise KeyboardInterrupt
             raise DecodeError(rc)
         return 0
 
@@ -286,7 +290,13 @@ class LlamaContext(NativeHandle):
         def _cb(_data: Any) -> bool:
             return bool(fn())
 
-        cb = ffi.callback("bool(void *)", _cb, onerror=lambda *a: False)
+        def _onerror(exc_type: type, exc: BaseException, tb: Any) -> bool:
+            if issubclass(exc_type, KeyboardInterrupt):
+                self._interrupted = True  # Ctrl-C during a decode: abort it, re-raise after it returns
+                return True
+            return False
+
+        cb = ffi.callback("bool(void *)", _cb, onerror=_onerror)
         self._abort_cb = cb  # keep alive while installed
         lib.llama_set_abort_callback(ptr, cb, ffi.NULL)
 

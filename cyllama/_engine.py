@@ -1,0 +1,417 @@
+"""The continuous-batching engine: one context, N slots, one llama_decode per step for all of them.
+
+Requests are submitted from any thread and wait in a bounded queue. A background thread runs the
+step loop:
+
+1. free slots take queued requests; a new request first copies the KV cells of the longest prompt
+   prefix it shares with a running sequence (``seq_cp`` shares the cells in the unified cache), so
+   a common system prompt is evaluated once;
+2. one ``llama_batch`` gets each generating sequence's pending tokens (one per step today; the
+   slot's ``feed`` list allows several, as speculative verification will need) and then chunks of
+   new prompts, so a long prompt never stalls the others for more than one chunk;
+3. one decode; each sequence with an output samples with its own sampler chain and streams the
+   text to its request;
+4. a finished or cancelled sequence frees its slot and its KV cells at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from ._config import GenerationConfig, GenerationStats, build_sampler
+from ._errors import CyllamaError
+from ._generation import GenerationChunk, TextStream, _logprobs
+from .llama._backend import lib
+from .llama.batch import LlamaBatch
+from .llama.context import LlamaContext, LlamaContextParams
+from .llama.model import LlamaModel
+
+__all__ = ["Engine", "EngineRequest", "QueueFullError"]
+
+_MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a seq_cp
+
+
+class QueueFullError(CyllamaError):
+    """The engine's request queue is full; try again later."""
+
+
+class EngineRequest:
+    """A submitted generation. Iterate it for :class:`GenerationChunk` objects (blocking), or
+    call :meth:`result` for the whole text. ``cancel()`` frees its slot at the next step."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, tokens: list[int], config: GenerationConfig, grammar: str | None,
+                 on_chunk: Callable[[GenerationChunk], None] | None):
+        self.id = next(self._ids)
+        self.tokens = tokens
+        self.config = config
+        self.grammar = grammar
+        self._on_chunk = on_chunk
+        self._queue: queue.SimpleQueue[GenerationChunk | BaseException] | None = None if on_chunk else queue.SimpleQueue()
+        self.cancelled = False
+        self.done = threading.Event()
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.stats: GenerationStats | None = None
+        self.t_submit = time.perf_counter()
+        self.completion_tokens: list[int] = []
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def _emit(self, item: GenerationChunk | BaseException) -> None:
+        if self._on_chunk is not None:
+            if isinstance(item, BaseException):
+                item = GenerationChunk("", None, None, None, "error")
+            self._on_chunk(item)
+        else:
+            assert self._queue is not None
+            self._queue.put(item)
+
+    def __iter__(self) -> Iterator[GenerationChunk]:
+        if self._queue is None:
+            raise RuntimeError("this request delivers its chunks to on_chunk")
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finish_reason is not None:
+                return
+
+    def result(self, timeout: float | None = None) -> str:
+        """Waits for the end and returns the whole text."""
+        parts = [c.text for c in self]
+        if not self.done.wait(timeout):
+            raise TimeoutError("generation did not finish in time")
+        return "".join(parts)
+
+
+@dataclass(eq=False)
+class _Slot:
+    seq: int
+    req: EngineRequest | None = None
+    sampler: Any = None
+    text: TextStream | None = None
+    cache: list[int] | None = None  # tokens whose KV the sequence holds
+    prompt_pos: int = 0  # next prompt token to evaluate
+    feed: list[int] | None = None  # tokens to decode at the next step (generation phase)
+    out_index: int = -1  # batch index of this slot's output in the current step
+    chunk_n: int = 0  # prompt tokens this slot put in the current step's batch
+    generated: int = 0
+    t_start: float = 0.0
+    t_prompt_done: float = 0.0
+    t_first: float = 0.0
+    cached_tokens: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.req is not None
+
+
+class Engine:
+    """Continuous batching over one context with ``n_slots`` sequences.
+
+    ``n_ctx`` is the context per slot (total = n_ctx * n_slots). ``max_queue`` bounds waiting
+    requests (``submit`` raises :class:`QueueFullError` beyond it). Call :meth:`close` (or use it
+    as a context manager) to stop the thread and free the context.
+    """
+
+    def __init__(self, model: LlamaModel, n_slots: int = 8, n_ctx: int | None = None, n_batch: int = 512,
+                 prompt_chunk: int = 256, max_queue: int = 256, n_threads: int | None = None):
+        if not isinstance(n_slots, int) or not 1 <= n_slots <= 256:
+            raise ValueError(f"n_slots must be an int in 1..256, got {n_slots!r}")
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"max_queue must be a positive int, got {max_queue!r}")
+        self.model = model
+        self.vocab = model.get_vocab()
+        train = model.n_ctx_train or 4096
+        self.n_ctx_slot = min(n_ctx or min(train, 2048), train)
+        p = LlamaContextParams(n_ctx=self.n_ctx_slot * n_slots, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+                               n_seq_max=n_slots, kv_unified=True)
+        if n_threads:
+            p.n_threads = p.n_threads_batch = n_threads
+        self.ctx = LlamaContext(model, p)
+        self.n_batch = self.ctx.n_batch
+        self.prompt_chunk = max(1, min(prompt_chunk, self.n_batch))
+        self.slots = [_Slot(i) for i in range(n_slots)]
+        self.max_queue = max_queue
+        self._waiting: deque[EngineRequest] = deque()
+        self._cv = threading.Condition()
+        self._batch = LlamaBatch(self.n_batch, 0, n_slots)
+        self._closed = False
+        self.metrics = {"requests_total": 0, "requests_finished": 0, "requests_cancelled": 0, "requests_failed": 0,
+                        "prompt_tokens_total": 0, "cached_prompt_tokens_total": 0, "generated_tokens_total": 0,
+                        "decode_steps_total": 0}
+        self._thread = threading.Thread(target=self._loop, name="cyllama-engine", daemon=True)
+        self._thread.start()
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots)
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(1 for s in self.slots if s.busy)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._waiting)
+
+    def submit(self, tokens: Sequence[int], config: GenerationConfig, grammar: str | None = None,
+               on_chunk: Callable[[GenerationChunk], None] | None = None) -> EngineRequest:
+        """Queues a generation for ``tokens``. ``on_chunk`` (called from the engine thread) replaces
+        the request's own queue; keep it cheap (e.g. ``loop.call_soon_threadsafe``)."""
+        if self._closed:
+            raise CyllamaError("the engine is closed")
+        toks = [int(t) for t in tokens]
+        if not toks:
+            raise ValueError("the prompt is empty")
+        self.vocab.check_tokens(toks)
+        if len(toks) >= self.n_ctx_slot:
+            if not config.truncate_prompt:
+                raise ValueError(f"the prompt has {len(toks)} tokens but a slot's context holds {self.n_ctx_slot}")
+            keep = max(1, self.n_ctx_slot - min(config.max_tokens, self.n_ctx_slot // 2))
+            toks = toks[len(toks) - keep:]
+        req = EngineRequest(toks, config, grammar, on_chunk)
+        with self._cv:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(f"the request queue is full ({self.max_queue} waiting)")
+            self._waiting.append(req)
+            self.metrics["requests_total"] += 1
+            self._cv.notify()
+        return req
+
+    def close(self) -> None:
+        """Stops the engine thread (running requests end as "cancelled") and frees the context."""
+        if self._closed:
+            return
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+        self._batch.close()
+        self.ctx.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the loop --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and not self._waiting and not any(s.busy for s in self.slots):
+                    self._cv.wait()
+                if self._closed:
+                    break
+            try:
+                self._step()
+            except BaseException as exc:  # never let the thread die with requests waiting
+                for s in self.slots:
+                    if s.busy:
+                        self._finish(s, "error", exc)
+        for s in self.slots:
+            if s.busy:
+                self._finish(s, "cancelled")
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for req in waiting:
+            req.finish_reason = "cancelled"
+            req._emit(GenerationChunk("", None, None, None, "cancelled"))
+            req.done.set()
+
+    def _admit(self) -> None:
+        with self._cv:
+            free = [s for s in self.slots if not s.busy]
+            deferred: list[EngineRequest] = []
+            while free and self._waiting:
+                req = self._waiting.popleft()
+                if req.cancelled:
+                    req.finish_reason = "cancelled"
+                    req._emit(GenerationChunk("", None, None, None, "cancelled"))
+                    req.done.set()
+                    continue
+                src, lcp = self._best_prefix(req.tokens)
+                if src is not None and src.prompt_pos < lcp:
+                    deferred.append(req)  # its prefix is being evaluated by src: wait a step, then share it
+                    continue
+                slot = free.pop(0)
+                try:
+                    self._start(slot, req, src, lcp)
+                except BaseException as exc:
+                    self._finish(slot, "error", exc)
+            for req in reversed(deferred):
+                self._waiting.appendleft(req)
+
+    def _best_prefix(self, tokens: list[int]) -> tuple[_Slot | None, int]:
+        """The running sequence sharing the longest prompt prefix with ``tokens`` (and its length)."""
+        best, best_n = None, 0
+        for s in self.slots:
+            if s.req is None:
+                continue
+            ref = s.req.tokens
+            n, limit = 0, min(len(ref), len(tokens) - 1)
+            while n < limit and ref[n] == tokens[n]:
+                n += 1
+            if n > best_n:
+                best, best_n = s, n
+        return (best, best_n) if best_n >= _MIN_SHARED_PREFIX else (None, 0)
+
+    def _start(self, slot: _Slot, req: EngineRequest, src: _Slot | None, shared: int) -> None:
+        ctx = self.ctx
+        ctx.kv_cache_seq_rm(slot.seq, -1, -1)
+        slot.cache = []
+        if src is not None and shared > 0:
+            ctx.kv_cache_seq_cp(src.seq, slot.seq, 0, shared)
+            slot.cache = list(req.tokens[:shared])
+        slot.req = req
+        slot.prompt_pos = shared
+        slot.cached_tokens = shared
+        slot.feed = None
+        slot.generated = 0
+        slot.t_start = time.perf_counter()
+        slot.t_first = 0.0
+        slot.sampler = build_sampler(req.config, self.vocab, req.grammar)
+        slot.text = TextStream(self.vocab, req.config.stop_sequences)
+        self.metrics["prompt_tokens_total"] += len(req.tokens)
+        self.metrics["cached_prompt_tokens_total"] += shared
+
+    def _step(self) -> None:
+        self._admit()
+        for s in self.slots:
+            if s.busy and s.req.cancelled:
+                self._finish(s, "cancelled")
+        batch = self._batch
+        batch.clear()
+        budget = self.n_batch
+        active: list[_Slot] = []
+        # generating sequences first: one (or more) tokens each
+        for s in self.slots:
+            if s.busy and s.feed:
+                s.out_index = -1
+                for j, tok in enumerate(s.feed):
+                    batch.add(tok, len(s.cache) + j, s.seq, j == len(s.feed) - 1)
+                s.out_index = batch.n_tokens - 1
+                budget -= len(s.feed)
+                active.append(s)
+        # then prompt chunks
+        for s in self.slots:
+            if budget <= 0:
+                break
+            if s.busy and s.feed is None and s.req is not None:
+                toks = s.req.tokens
+                n = min(len(toks) - s.prompt_pos, self.prompt_chunk, budget)
+                if n <= 0:
+                    continue
+                last = s.prompt_pos + n == len(toks)
+                batch.add_sequence(toks[s.prompt_pos:s.prompt_pos + n], s.prompt_pos, s.seq, logits_last=last)
+                s.out_index = batch.n_tokens - 1 if last else -1
+                s.chunk_n = n
+                budget -= n
+                active.append(s)
+        if batch.n_tokens == 0:
+            return
+        try:
+            self.ctx.decode(batch)
+        except BaseException as exc:
+            for s in active:
+                self._finish(s, "error", exc)
+            return
+        self.metrics["decode_steps_total"] += 1
+        for s in active:
+            if s.feed:
+                s.cache.extend(s.feed)
+                s.feed = None
+            else:
+                n_new = s.chunk_n
+                s.cache.extend(s.req.tokens[s.prompt_pos:s.prompt_pos + n_new])
+                s.prompt_pos += n_new
+                if s.out_index >= 0:
+                    s.t_prompt_done = time.perf_counter()
+            if s.out_index >= 0:
+                self._sample(s)
+
+    def _sample(self, s: _Slot) -> None:
+        req, cfg = s.req, s.req.config
+        try:
+            info = None
+            if cfg.logits_processor is not None or cfg.logprobs:
+                logits = self.ctx.get_logits_ith(s.out_index)
+                if cfg.logits_processor is not None:
+                    import numpy as np
+
+                    out = cfg.logits_processor(np.asarray(s.cache, dtype=np.intc), logits)
+                    if out is not None and out is not logits:
+                        logits[:] = out
+                tok = s.sampler.sample(self.ctx, s.out_index)
+                if cfg.logprobs:
+                    info = _logprobs(logits, tok, cfg.top_logprobs)
+            else:
+                tok = s.sampler.sample(self.ctx, s.out_index)
+        except BaseException as exc:
+            self._finish(s, "error", exc)
+            return
+        if not cfg.ignore_eos and lib.llama_vocab_is_eog(self.vocab.ptr, tok):
+            self._finish(s, "stop")
+            return
+        if s.generated == 0:
+            s.t_first = time.perf_counter()
+        s.generated += 1
+        req.completion_tokens.append(tok)
+        self.metrics["generated_tokens_total"] += 1
+        text, stopped = s.text.push(tok)
+        lp, top = info if info is not None else (None, None)
+        if stopped:
+            req._emit(GenerationChunk(text, tok, lp, top, None))
+            self._finish(s, "stop")
+            return
+        if text or cfg.logprobs:
+            req._emit(GenerationChunk(text, tok, lp, top, None))
+        pos = len(s.cache)
+        if s.generated >= cfg.max_tokens or pos + 1 >= self.n_ctx_slot:
+            self._finish(s, "length")
+            return
+        s.feed = [tok]
+
+    def _finish(self, s: _Slot, reason: str, error: BaseException | None = None) -> None:
+        req = s.req
+        if req is None:
+            return
+        tail = s.text.flush() if (s.text is not None and reason in ("length", "stop")) else ""
+        now = time.perf_counter()
+        prompt_time = (s.t_prompt_done or now) - s.t_start
+        gen_time = now - (s.t_prompt_done or now)
+        n_eval = len(req.tokens) - s.cached_tokens
+        req.stats = GenerationStats(
+            prompt_tokens=len(req.tokens), generated_tokens=s.generated, total_time=now - s.t_start,
+            tokens_per_second=s.generated / gen_time if gen_time > 0 else 0.0, prompt_time=prompt_time,
+            generation_time=gen_time, time_to_first_token=(s.t_first - s.t_start) if s.t_first else 0.0,
+            prompt_tokens_per_second=n_eval / prompt_time if prompt_time > 0 else 0.0,
+            cached_tokens=s.cached_tokens, finish_reason=reason)
+        req.finish_reason = reason
+        req.error = error
+        key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")
+        self.metrics[key] += 1
+        if s.sampler is not None:
+            s.sampler.close()
+        s.req, s.sampler, s.text, s.feed, s.cache = None, None, None, None, None
+        try:
+            self.ctx.kv_cache_seq_rm(s.seq, -1, -1)
+        except Exception:
+            pass
+        if error is not None:
+            req._emit(error if isinstance(error, Exception) else CyllamaError(str(error)))
+        else:
+            req._emit(GenerationChunk(tail, None, None, None, reason))
+        req.done.set()
