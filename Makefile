@@ -3,18 +3,22 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEPS   := cffi numpy jinja2 pytest requests
+DEPS   := cffi numpy jinja2 requests pytest fastapi uvicorn httpx openai langchain-core tqdm gguf cymongoose
 
 .PHONY: venv build run test bench info clean
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
+STAMP  := $(VENV)/.deps-installed
+
+# the stamp depends on this Makefile, so a changed DEPS list reinstalls into an existing venv
+$(STAMP): Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(DEPS)
+	touch $(STAMP)
 
-venv: $(PY)
+venv: $(STAMP)
 
-build: $(PY)
+build: $(STAMP)
 	$(PY) build_lib.py
 
 run: build
@@ -28,6 +32,9 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_batch.py
+	$(PY) benchmarks/bench_server.py
 
 clean:
 	$(PY) build_lib.py --clean || true

@@ -9,6 +9,8 @@ from ._generation import GenerationChunk
 from ._llm import LLM, Generator, chat, complete, generate
 from ._batch import BatchGenerator, BatchRequest, BatchResponse, batch_generate
 from ._engine import Engine, EngineRequest, QueueFullError
+from .grammar import json_schema_to_grammar
+from .download import download_model, list_cached_models
 from .llama import (
     GGUFContext,
     LlamaBatch,
@@ -30,6 +32,8 @@ from .llama import (
 __all__ = [
     "__version__",
     "complete", "generate", "chat", "LLM", "Generator", "GenerationConfig", "GenerationStats", "GenerationChunk",
+    "json_schema_to_grammar", "download_model", "list_cached_models", "ChatTemplate", "Llama", "LlamaGrammar",
+    "OpenAICompatibleClient",
     "batch_generate", "BatchGenerator", "BatchRequest", "BatchResponse", "Engine", "EngineRequest", "QueueFullError",
     "LlamaModel", "LlamaModelParams", "LlamaContext", "LlamaContextParams", "LlamaSampler",
     "LlamaSamplerChainParams", "LlamaVocab", "LlamaBatch", "llama_batch_get_one", "GGUFContext",
@@ -37,3 +41,18 @@ __all__ = [
     "system_info", "available_backends", "set_verbose",
     "CyllamaError", "ModelLoadError", "DecodeError", "ClosedError", "LibraryNotFoundError",
 ]
+
+# Loaded on first use: they pull in Jinja2 templates and the llama-cpp-python compatibility layer.
+_LAZY = {"Llama": ".llama_cpp", "LlamaGrammar": ".llama_cpp", "ChatTemplate": ".chat_template",
+         "OpenAICompatibleClient": ".integrations.openai_compat"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cyllama' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -119,6 +120,36 @@ def _chat(args: argparse.Namespace) -> int:
                 print(_stats_line(llm, llm.last_stats), file=sys.stderr)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from . import _assets
+
+    model_path = args.model or _assets.default_model_path()
+    kw = dict(n_ctx=args.n_ctx or 2048, n_gpu_layers=args.n_gpu_layers, n_parallel=args.parallel,
+              n_threads=args.threads or None, api_key=args.api_key or None, max_queue=args.max_queue,
+              model_alias=args.alias)
+    if args.mongoose:
+        import signal
+        import threading
+
+        from .llama.server.mongoose_server import MongooseServer
+
+        server = MongooseServer(model_path, args.host, args.port, **kw).start()
+        print(f"cyllama: serving {server.service.model_id} with Mongoose on {server.base_url} (Ctrl-C to stop)",
+              flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        server.stop()
+        return 0
+    from .llama.server.embedded import start_server
+
+    start_server(model_path, args.host, args.port, **kw)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("-m", "--model", help="GGUF model (default: SmolLM2-135M-Instruct, fetched on first use)")
     p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
@@ -149,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(c, 512)
     c.add_argument("-s", "--system", help="system prompt")
     c.set_defaults(fn=_chat)
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
+    s.add_argument("-m", "--model", help="GGUF model (default: SmolLM2-135M-Instruct, fetched on first use)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("-c", "--n-ctx", type=int, default=2048, help="context per parallel sequence")
+    s.add_argument("-np", "--parallel", type=int, default=4, help="sequences decoded together (slots)")
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("-ngl", "--n-gpu-layers", type=int, default=99)
+    s.add_argument("--api-key", default=os.environ.get("CYLLAMA_API_KEY"),
+                   help="require Authorization: Bearer KEY (default: $CYLLAMA_API_KEY)")
+    s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
+    s.add_argument("--alias", help="model id reported to clients")
+    s.add_argument("--mongoose", action="store_true", help="serve with the Mongoose C event loop (cymongoose)")
+    s.set_defaults(fn=_serve)
     return ap
 
 

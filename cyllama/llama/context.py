@@ -327,6 +327,12 @@ class LlamaContext(NativeHandle):
         self.ptr
         self._check_seq(seq_id_src)
         self._check_seq(seq_id_dst)
+        if self.n_seq_max > 1 and not self.params.kv_unified and seq_id_src != seq_id_dst:
+            # separate KV streams: llama.cpp can only copy a whole stream (it asserts otherwise)
+            size = self.n_ctx // self.n_seq_max
+            if (p0 > 0 and p0 + 1 < size) or (p1 > 0 and p1 + 1 < size):
+                raise ValueError("this context keeps one KV stream per sequence (kv_unified=False): only whole "
+                                 "sequences can be copied (p0=-1, p1=-1); create it with kv_unified=True to share prefixes")
         lib.llama_memory_seq_cp(self._mem, seq_id_src, seq_id_dst, p0, p1)
 
     def kv_cache_seq_keep(self, seq_id: int) -> None:

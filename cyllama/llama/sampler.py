@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import random
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -60,6 +61,21 @@ def _nonneg_int(name: str, v: int) -> int:
     return v
 
 
+_REPEAT = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+_MAX_REPEAT = 100_000
+
+
+def _check_repetitions(grammar: str) -> None:
+    """Rejects ``x{m,n}`` with m > n or huge counts: llama.cpp's parser loops on them until OOM."""
+    for m in _REPEAT.finditer(grammar):
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else None
+        if lo > _MAX_REPEAT or (hi is not None and hi > _MAX_REPEAT):
+            raise ValueError(f"grammar repetition {m.group(0)} is too large (at most {_MAX_REPEAT})")
+        if hi is not None and hi < lo:
+            raise ValueError(f"grammar repetition {m.group(0)} has max < min")
+
+
 class LlamaSampler(NativeHandle):
     """A chain of llama.cpp samplers, applied in the order they are added.
 
@@ -74,6 +90,7 @@ class LlamaSampler(NativeHandle):
         self._pending: list[Callable[["LlamaVocab"], Any]] = []
         self._keep: list[Any] = []
         self.names: list[str] = []
+        self._broken: str | None = None
         self._adopt(lib.llama_sampler_chain_init(self.params.value), lib.llama_sampler_free)
 
     # -- building --------------------------------------------------------------------------
@@ -100,7 +117,8 @@ class LlamaSampler(NativeHandle):
             smpl = make(vocab)
             if smpl == ffi.NULL:
                 why = "; ".join(_logging.last_errors()[before:][-2:])
-                raise ValueError(f"llama.cpp rejected a sampler (e.g. a grammar that does not parse){': ' + why if why else ''}")
+                self._broken = f"llama.cpp rejected a sampler (e.g. a grammar that does not parse){': ' + why if why else ''}"
+                raise ValueError(self._broken)
             lib.llama_sampler_chain_add(self.ptr, smpl)
 
     def add_greedy(self) -> "LlamaSampler":
@@ -206,6 +224,7 @@ class LlamaSampler(NativeHandle):
             text, root = grammar_or_vocab, grammar if grammar is not None else root
         if not isinstance(text, str) or not text.strip():
             raise ValueError("grammar must be a non-empty GBNF string")
+        _check_repetitions(text)
         g, r = text.encode("utf-8"), root.encode("utf-8")
 
         def make(v: "LlamaVocab") -> Any:
@@ -221,8 +240,12 @@ class LlamaSampler(NativeHandle):
     def sample(self, ctx: "LlamaContext", idx: int = -1) -> int:
         """Samples a token from the output at batch index ``idx`` of the last decode, and accepts it."""
         ptr = self.ptr
+        if self._broken:
+            raise ValueError(f"this sampler chain is unusable: {self._broken}")
         if self._pending:
             self._bind(ctx.model.get_vocab())
+        if lib.llama_sampler_chain_n(ptr) == 0:
+            raise ValueError("the sampler chain is empty: add a sampler (e.g. add_greedy() or add_dist())")
         ctx.check_output_index(idx)
         return int(lib.llama_sampler_sample(ptr, ctx.ptr, idx))
 
@@ -236,7 +259,26 @@ class LlamaSampler(NativeHandle):
                 raise ValueError(f"token must be a non-negative int, got {token!r}")
         else:
             token = self._vocab.check_token(token)  # grammar samplers index the vocabulary with it
+            if "grammar" in self.names:
+                self._check_grammar_allows(token)
+        if self._broken:
+            raise ValueError(f"this sampler chain is unusable: {self._broken}")
         lib.llama_sampler_accept(ptr, int(token))
+
+    def _check_grammar_allows(self, token: int) -> None:
+        # llama.cpp throws a C++ exception (process abort) when a grammar is told to accept a
+        # token it forbids, so ask each grammar sampler first with a one-candidate array
+        data = ffi.new("llama_token_data[1]")
+        arr = ffi.new("llama_token_data_array *")
+        for i in range(lib.llama_sampler_chain_n(self.ptr)):
+            smpl = lib.llama_sampler_chain_get(self.ptr, i)
+            if ffi.string(lib.llama_sampler_name(smpl)) != b"grammar":
+                continue
+            data[0].id, data[0].logit, data[0].p = token, 0.0, 0.0
+            arr.data, arr.size, arr.selected, arr.sorted = data, 1, -1, False
+            lib.llama_sampler_apply(smpl, arr)
+            if data[0].logit == -math.inf:
+                raise ValueError(f"token {token} is not allowed by the grammar at this point")
 
     def reset(self) -> None:
         lib.llama_sampler_reset(self.ptr)

@@ -1,0 +1,55 @@
+"""A drop-in replacement for llama-cpp-python's high-level API, on cyllama.
+
+Change ``from llama_cpp import Llama`` to ``from cyllama.llama_cpp import Llama``::
+
+    from cyllama.llama_cpp import Llama
+
+    llm = Llama("model.gguf", n_ctx=2048, verbose=False)
+    out = llm("Q: Name the planets in the solar system. A: ", max_tokens=32, stop=["Q:", "\\n"])
+    print(out["choices"][0]["text"])
+    chat = llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}])
+    print(chat["choices"][0]["message"]["content"])
+
+Return values are the dicts llama-cpp-python returns (OpenAI shapes). Differences:
+
+* the ctypes functions of ``llama_cpp.llama_cpp`` are not mirrored (its LLAMA_*/GGML_*
+  constants are); ``Llama.ctx`` / ``Llama.model`` are cffi pointers for ``cyllama.llama._backend.lib``;
+* more is accepted: ``logprobs`` without ``logits_all=True``, ``echo`` while streaming,
+  ``response_format`` of type ``json_schema``; bad arguments raise at the call (also with
+  ``stream=True``) with ``ValueError``/``TypeError``;
+* ``suffix`` uses the model's fill-in-the-middle tokens, or is appended to the output when it has none;
+* a vocab-only model has no context (evaluation raises ``RuntimeError``);
+* chat templates render in cyllama's sandboxed Jinja environment; ``LlamaDiskCache`` stores
+  ``.npz`` files (no ``diskcache`` package, no pickle).
+"""
+
+from .._version import __version__ as __cyllama_version__
+from . import llama_cache, llama_chat_format, llama_cpp, llama_grammar, llama_speculative, llama_tokenizer, llama_types
+from ._common import (LlamaState, LogitsProcessor, LogitsProcessorList, MinTokensLogitsProcessor, StoppingCriteria,
+                      StoppingCriteriaList)
+from ._llama import Llama, LlamaLoadError
+from .llama_cache import BaseLlamaCache, LlamaCache, LlamaDiskCache, LlamaRAMCache
+from .llama_chat_format import ChatFormatterResponse, Jinja2ChatFormatter
+from .llama_cpp import *  # noqa: F401,F403 - the LLAMA_* / GGML_* constants
+from .llama_cpp import __all__ as _constants
+from .llama_grammar import LlamaGrammar
+from .llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
+from .llama_tokenizer import BaseLlamaTokenizer, LlamaHFTokenizer, LlamaTokenizer
+from .llama_types import (ChatCompletionRequestMessage, ChatCompletionTool, ChatCompletionToolChoiceOption,
+                          CreateChatCompletionResponse, CreateChatCompletionStreamResponse, CreateCompletionResponse,
+                          CreateCompletionStreamResponse, CreateEmbeddingResponse)
+
+#: The llama-cpp-python release whose API this mirrors (and whose llama.cpp cyllama builds).
+__version__ = "0.3.36"
+
+__all__ = [
+    "__version__", "Llama", "LlamaState", "LlamaLoadError", "LlamaGrammar", "LlamaCache", "LlamaRAMCache",
+    "LlamaDiskCache", "BaseLlamaCache", "LlamaTokenizer", "BaseLlamaTokenizer", "LlamaHFTokenizer",
+    "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList", "MinTokensLogitsProcessor",
+    "ChatFormatterResponse", "Jinja2ChatFormatter", "llama_chat_format", "llama_grammar", "llama_cache",
+    "llama_tokenizer", "llama_types", "llama_cpp", "llama_speculative", "LlamaDraftModel", "LlamaPromptLookupDecoding",
+    "ChatCompletionRequestMessage", "ChatCompletionTool", "ChatCompletionToolChoiceOption",
+    "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse", "CreateCompletionResponse",
+    "CreateCompletionStreamResponse", "CreateEmbeddingResponse",
+    *_constants,
+]
