@@ -74,7 +74,8 @@ class BatchGenerator:
         if e is None or e.n_slots < want:
             if e is not None:
                 e.close()
-            e = self._engine = Engine(self.model, n_slots=want, n_ctx=self.n_ctx, n_threads=self.n_threads)
+            e = self._engine = Engine(self.model, n_slots=want, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                                      max_queue=1 << 30)  # a batch queues all its prompts
         return e
 
     @property
@@ -95,8 +96,10 @@ class BatchGenerator:
         bar = _progress(len(items), progress)
         reqs = []
         try:
-            for toks, (_, cfg) in zip(tokenized, items):
-                reqs.append(engine.submit(toks, cfg, _grammar_for(cfg, None)))
+            grammars = [_grammar_for(cfg, None) for _, cfg in items]
+            with engine.hold():  # all start together: reproducible batch composition
+                for toks, (_, cfg), g in zip(tokenized, items, grammars):
+                    reqs.append(engine.submit(toks, cfg, g))
             out = []
             for r in reqs:
                 text = r.result()

@@ -16,6 +16,7 @@ step loop:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
@@ -147,6 +148,7 @@ class Engine:
         self._cv = threading.Condition()
         self._batch = LlamaBatch(self.n_batch, 0, n_slots)
         self._closed = False
+        self._step_lock = threading.Lock()
         self.metrics = {"requests_total": 0, "requests_finished": 0, "requests_cancelled": 0, "requests_failed": 0,
                         "prompt_tokens_total": 0, "cached_prompt_tokens_total": 0, "generated_tokens_total": 0,
                         "decode_steps_total": 0}
@@ -190,6 +192,13 @@ class Engine:
             self._cv.notify()
         return req
 
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Pauses stepping (running sequences wait) while the block runs: requests submitted inside
+        it start together, which makes the composition of the next batches reproducible."""
+        with self._step_lock:
+            yield
+
     def close(self) -> None:
         """Stops the engine thread (running requests end as "cancelled") and frees the context."""
         if self._closed:
@@ -216,7 +225,8 @@ class Engine:
                 if self._closed:
                     break
             try:
-                self._step()
+                with self._step_lock:
+                    self._step()
             except BaseException as exc:  # never let the thread die with requests waiting
                 for s in self.slots:
                     if s.busy:

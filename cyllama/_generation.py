@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from . import _logging
 from ._ffi import ffi
 from .llama._backend import lib
 from .llama.batch import LlamaBatch
@@ -133,7 +134,11 @@ def eval_prompt(ctx: LlamaContext, tokens: Sequence[int], pos0: int = 0, seq_id:
             batch.clear()
             batch.add_sequence(chunk, pos0 + start, seq_id, logits_last=start + step >= n)
             try:
-                ctx.decode(batch)
+                if cancel is not None:
+                    with _logging.quiet_errors():  # an abort the user asked for is not an error
+                        ctx.decode(batch)
+                else:
+                    ctx.decode(batch)
             except BaseException:
                 ctx.kv_cache_seq_rm(seq_id, pos0 + start, -1)
                 if cancel is not None and cancel.cancelled:

@@ -48,9 +48,22 @@ def last_errors() -> list[str]:
     return list(_recent_errors)
 
 
+class quiet_errors:
+    """Within the block (this thread), native error lines are logged at DEBUG: for failures the
+    caller expects and reports itself, such as a decode the user aborted."""
+
+    def __enter__(self) -> None:
+        _state.quiet = getattr(_state, "quiet", 0) + 1
+
+    def __exit__(self, *exc: object) -> None:
+        _state.quiet -= 1
+
+
 def _emit(level: int, text: str) -> None:
     if level >= logging.WARNING:
         _recent_errors.append(text)
+    if level >= logging.ERROR and getattr(_state, "quiet", 0):
+        level = logging.DEBUG
     if _verbose or level >= logging.ERROR:
         native_logger.log(level, text)
 

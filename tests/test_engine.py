@@ -28,8 +28,11 @@ def engine(llm):
 
 def test_batched_greedy_equals_single(llm, engine) -> None:
     alone = [llm(p, GREEDY) for p in PROMPTS]
-    reqs = [engine.submit(llm.tokenize(p), GREEDY) for p in PROMPTS]  # 6 prompts, 4 slots: 2 queue
+    with engine.hold():  # all start together: the batches' composition does not depend on timing
+        reqs = [engine.submit(llm.tokenize(p), GREEDY) for p in PROMPTS]  # 6 prompts, 4 slots: 2 queue
     together = [r.result(timeout=120) for r in reqs]
+    # llama.cpp's kernels round differently for different batch shapes, so a near-tie could flip
+    # a later token; these prompts have none in their first 24 tokens
     assert together == alone
     assert all(r.stats.generated_tokens > 0 and r.finish_reason in ("stop", "length") for r in reqs)
     assert engine.busy_slots == 0 and engine.queue_length == 0
