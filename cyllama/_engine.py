@@ -25,9 +25,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
+
 from ._config import GenerationConfig, GenerationStats, build_sampler
 from ._errors import CyllamaError
-from ._generation import GenerationChunk, TextStream, _logprobs
+from ._generation import GenerationChunk, TextStream, common_prefix, sample_token
 from .llama._backend import lib
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams
@@ -270,10 +272,7 @@ class Engine:
         for s in self.slots:
             if s.req is None:
                 continue
-            ref = s.req.tokens
-            n, limit = 0, min(len(ref), len(tokens) - 1)
-            while n < limit and ref[n] == tokens[n]:
-                n += 1
+            n = common_prefix(s.req.tokens, tokens, len(tokens) - 1)
             if n > best_n:
                 best, best_n = s, n
         return (best, best_n) if best_n >= _MIN_SHARED_PREFIX else (None, 0)
@@ -355,20 +354,12 @@ class Engine:
     def _sample(self, s: _Slot) -> None:
         req, cfg = s.req, s.req.config
         try:
-            info = None
             if cfg.logits_processor is not None or cfg.logprobs:
-                logits = self.ctx.get_logits_ith(s.out_index)
-                if cfg.logits_processor is not None:
-                    import numpy as np
-
-                    out = cfg.logits_processor(np.asarray(s.cache, dtype=np.intc), logits)
-                    if out is not None and out is not logits:
-                        logits[:] = out
-                tok = s.sampler.sample(self.ctx, s.out_index)
-                if cfg.logprobs:
-                    info = _logprobs(logits, tok, cfg.top_logprobs)
+                ids = np.asarray(s.cache, dtype=np.intc) if cfg.logits_processor is not None else None
+                tok, info = sample_token(self.ctx, s.sampler, s.out_index, ids,
+                                         cfg.top_logprobs if cfg.logprobs else None, cfg.logits_processor)
             else:
-                tok = s.sampler.sample(self.ctx, s.out_index)
+                tok, info = s.sampler.sample(self.ctx, s.out_index), None
         except BaseException as exc:
             self._finish(s, "error", exc)
             return

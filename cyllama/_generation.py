@@ -32,6 +32,7 @@ from .llama.sampler import LlamaSampler
 from .llama.vocab import LlamaVocab
 
 __all__ = ["StreamStats", "GenerationChunk", "CancelToken", "TextStream", "generate_step", "stream_generate",
+           "sample_token", "common_prefix",
            "step_tokens", "stream_text", "apply_chat_template", "eval_prompt", "reuse_prefix"]
 
 
@@ -93,16 +94,21 @@ class CancelToken:
 
 
 # -- prompt evaluation ---------------------------------------------------------------------------
+def common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    n, limit = 0, min(len(a), len(b), limit)
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def reuse_prefix(ctx: LlamaContext, cache: list[int], prompt: Sequence[int], seq_id: int = 0) -> int:
     """Trims sequence ``seq_id`` to the longest prefix it shares with ``prompt``; returns its length.
 
     ``cache`` lists the tokens whose KV the sequence holds and is updated in place. At least the
     last prompt token is always left to evaluate, since its logits are needed.
     """
-    n = 0
-    limit = min(len(cache), len(prompt) - 1)
-    while n < limit and cache[n] == prompt[n]:
-        n += 1
+    n = common_prefix(cache, prompt, len(prompt) - 1)
     if n < len(cache):
         if not ctx.kv_cache_seq_rm(seq_id, n, -1):  # e.g. recurrent memory cannot cut in the middle
             ctx.kv_cache_seq_rm(seq_id, -1, -1)
@@ -166,6 +172,20 @@ def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, dict[int
     return lp, {int(i): float(x[i] - lse) for i in idx}
 
 
+def sample_token(ctx: LlamaContext, sampler: LlamaSampler, idx: int, ids: np.ndarray | None,
+                 logprobs: int | None, logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None,
+                 ) -> tuple[int, tuple[float, dict[int, float] | None] | None]:
+    """Samples at batch index ``idx`` after running a Python logits processor on the logits (it sees
+    the token ids ``ids``), and with ``logprobs`` (top-n count) also returns the token's log-probability."""
+    logits = ctx.get_logits_ith(idx)
+    if logits_processor is not None:
+        out = logits_processor(ids, logits)
+        if out is not None and out is not logits:
+            logits[:] = out
+    tok = sampler.sample(ctx, idx)
+    return tok, (_logprobs(logits, tok, logprobs) if logprobs is not None else None)
+
+
 def generate_step(ctx: LlamaContext, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, *,
                   stats: StreamStats | None = None, cache: list[int] | None = None, seq_id: int = 0,
                   cancel: CancelToken | None = None, ignore_eos: bool = False, logprobs: int | None = None,
@@ -207,18 +227,10 @@ def generate_step(ctx: LlamaContext, sampler: LlamaSampler, prompt: Sequence[int
             if cancel is not None and cancel.cancelled:
                 stats.finish_reason = "cancelled"
                 return
-            info = None
             if want_logits:
-                logits = ctx.get_logits_ith(-1)
-                if logits_processor is not None:
-                    out = logits_processor(ids, logits)
-                    if out is not None and out is not logits:
-                        logits[:] = out
-                tok = sampler.sample(ctx, -1)
-                if logprobs is not None:
-                    info = _logprobs(logits, tok, logprobs)
+                tok, info = sample_token(ctx, sampler, -1, ids, logprobs, logits_processor)
             else:
-                tok = sampler.sample(ctx, -1)
+                tok, info = sampler.sample(ctx, -1), None
             if not ignore_eos and lib.llama_vocab_is_eog(vptr, tok):
                 stats.finish_reason = "stop"
                 return

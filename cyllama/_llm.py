@@ -85,10 +85,12 @@ class LLM:
             need = n_prompt + cfg.max_tokens
             want = min(train, -(-need // _CTX_STEP) * _CTX_STEP)
             if self._ctx is not None and self._ctx.n_ctx >= min(need, train):
-                want = self._ctx.n_ctx
+                want = self._ctx.params.n_ctx
         n_batch = min(cfg.n_batch, want)
         ctx = self._ctx
-        if ctx is None or ctx.n_ctx != want or ctx.n_batch != n_batch:
+        # compare with what was asked for: llama.cpp rounds n_ctx up (to 256), which must not
+        # make every call rebuild the context and lose its KV cache
+        if ctx is None or ctx.params.n_ctx != want or ctx.params.n_batch != n_batch:
             if ctx is not None:
                 ctx.close()
                 self._ctx, self._cache = None, []
@@ -239,18 +241,8 @@ class LLM:
         if self._chat_template is None:
             from .chat_template import ChatTemplate
 
-            if self._chat_template_source is not None:
-                bos, eos = self._special_text()
-                self._chat_template = ChatTemplate(self._chat_template_source, bos_token=bos, eos_token=eos)
-            else:
-                self._chat_template = ChatTemplate.from_model(self.model)
+            self._chat_template = ChatTemplate.from_model(self.model, source=self._chat_template_source)
         return self._chat_template
-
-    def _special_text(self) -> tuple[str, str]:
-        v = self.vocab
-        bos = v.token_to_piece(v.bos, special=True) if v.bos >= 0 else ""
-        eos = v.token_to_piece(v.eos, special=True) if v.eos >= 0 else ""
-        return bos, eos
 
     def format_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
                     tools: Sequence[Mapping[str, Any]] | None = None, **template_kwargs: Any) -> str:
@@ -259,10 +251,9 @@ class LLM:
                                        tools=tools, **template_kwargs)
 
     def _chat_tokens(self, messages: Sequence[Mapping[str, Any]], tools: Any, template_kwargs: Mapping[str, Any]) -> list[int]:
+        # the template drops a BOS it writes itself when the tokenizer adds one (add_bos)
         text = self.format_chat(messages, True, tools, **template_kwargs)
-        bos_text, _ = self._special_text()
-        add_bos = self.vocab.add_bos and not (bos_text and text.startswith(bos_text))
-        return self.vocab.tokenize(text, add_special=add_bos, parse_special=True)
+        return self.vocab.tokenize(text, add_special=self.vocab.add_bos, parse_special=True)
 
     def chat_stream(self, messages: Sequence[Mapping[str, Any]], config: GenerationConfig | None = None, *,
                     response_format: Mapping[str, Any] | None = None, tools: Any = None,

@@ -592,15 +592,22 @@ class ChatTemplate:
         return detect_format(self.source)
 
     @classmethod
-    def from_model(cls, model: "LlamaModel", name: str | None = None) -> "ChatTemplate":
+    def from_model(cls, model: "LlamaModel", name: str | None = None, *,
+                   source: str | None = None) -> "ChatTemplate":
         """The model's own template (``tokenizer.chat_template``, or ``tokenizer.chat_template.<name>``).
 
         BOS/EOS are the texts of the model's special tokens, and ``add_bos``/``add_eos`` follow the
         vocabulary. A model without a (default) template gets ChatML; asking for a named template
-        the model does not have raises ValueError.
+        the model does not have raises ValueError. ``source`` overrides the template text (a
+        user's ``chat_template=``) while keeping the model's special tokens.
         """
-        source = model.chat_template(name)
         label = model.meta_val_str("general.name") or getattr(getattr(model, "path", None), "stem", None)
+        if source is not None:
+            vocab = model.get_vocab()
+            return cls(source, bos_token=_token_text(vocab, vocab.bos), eos_token=_token_text(vocab, vocab.eos),
+                       name=f"{label} (custom template)" if label else None, add_bos=vocab.add_bos,
+                       add_eos=vocab.add_eos)
+        source = model.chat_template(name)
         if source is None:
             if name is not None:
                 raise ValueError(f"the model has no chat template named {name!r}")

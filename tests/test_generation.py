@@ -364,3 +364,11 @@ def test_embeddings_shapes_and_batching(llm) -> None:
         llm.embed("x", pooling="max")
     # generation still works after embedding (separate contexts)
     assert llm(PROMPT, max_tokens=4).startswith(" Paris")
+
+
+def test_fixed_small_context_is_kept_between_calls(model_path) -> None:
+    with LLM(model_path, temperature=0.0, n_ctx=64, max_tokens=8) as m:  # llama.cpp pads it to 256
+        m(PROMPT)
+        ctx = m.context
+        m(PROMPT + " Paris. And")
+        assert m.context is ctx and m.last_stats.cached_tokens > 0

@@ -73,13 +73,7 @@ class ModelService:
         if self._template is None:
             from ...chat_template import ChatTemplate
 
-            if self._chat_template_source:
-                v = self.vocab
-                bos = v.token_to_piece(v.bos, special=True) if v.bos >= 0 else ""
-                eos = v.token_to_piece(v.eos, special=True) if v.eos >= 0 else ""
-                self._template = ChatTemplate(self._chat_template_source, bos_token=bos, eos_token=eos)
-            else:
-                self._template = ChatTemplate.from_model(self.model)
+            self._template = ChatTemplate.from_model(self.model, source=self._chat_template_source or None)
         return self._template
 
     def _config(self, body: Mapping[str, Any], default_max: int | None) -> GenerationConfig:
@@ -171,10 +165,8 @@ class ModelService:
             text = self.template().render(messages, add_generation_prompt=True, tools=tools)
         except ChatTemplateError as exc:
             raise _bad(str(exc), "messages") from None
-        v = self.vocab
-        bos = v.token_to_piece(v.bos, special=True) if v.bos >= 0 else ""
-        add_bos = v.add_bos and not (bos and text.startswith(bos))
-        tokens = v.tokenize(text, add_special=add_bos, parse_special=True)
+        # the template drops a BOS it writes itself when the tokenizer adds one (add_bos)
+        tokens = self.vocab.tokenize(text, add_special=self.vocab.add_bos, parse_special=True)
         return tokens, cfg, self._grammar(body)
 
     def prepare_completion(self, body: Mapping[str, Any]) -> tuple[list[list[int]], GenerationConfig, str | None]:

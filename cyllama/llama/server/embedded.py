@@ -121,6 +121,45 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
     def sse(obj: Any) -> bytes:
         return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
+    def sse_stream(request: Request, body: Mapping[str, Any], q: asyncio.Queue, req: Any, n_prompt: int,
+                   head: dict, opening: list[dict], piece: Any, closing: Any) -> StreamingResponse:
+        """Server-Sent Events for one generation: ``opening`` events, ``piece(chunk)`` per chunk,
+        ``closing(last)`` and the usage chunk (when asked) at the end, then ``data: [DONE]``.
+        A client that goes away cancels the sequence."""
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                for obj in opening:
+                    yield sse(obj)
+                checked = [time.monotonic()]
+                while True:
+                    c = await next_chunk(request, q, checked)
+                    if c is None:
+                        return
+                    if c.finish_reason == "error":
+                        yield sse({"error": {"message": f"generation failed: {req.error}", "type": "server_error"}})
+                        break
+                    obj = piece(c)
+                    if obj is not None:
+                        yield sse(obj)
+                    if c.finish_reason is not None:
+                        for obj in closing(c):
+                            yield sse(obj)
+                        if include_usage:
+                            yield sse({**head, "choices": [],
+                                       "usage": service.usage(n_prompt, len(req.completion_tokens))})
+                        break
+                yield b"data: [DONE]\n\n"
+                done = True
+            finally:
+                if not done:
+                    req.cancel()
+                    service.counters["client_disconnects_total"] += 1
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     def finish(reason: str) -> str:
         return "length" if reason == "length" else "stop"
 
@@ -169,41 +208,21 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
                                  "logprobs": service.chat_logprobs(chunks) if cfg.logprobs else None,
                                  "finish_reason": finish(chunks[-1].finish_reason)}],
                     "usage": service.usage(len(tokens), n)}
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        head = {**base, "object": "chat.completion.chunk"}
 
-        async def events() -> AsyncIterator[bytes]:
-            done = False
-            try:
-                head = {**base, "object": "chat.completion.chunk"}
-                yield sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                "logprobs": None, "finish_reason": None}]})
-                checked = [time.monotonic()]
-                while True:
-                    c = await next_chunk(request, q, checked)
-                    if c is None:
-                        return
-                    if c.finish_reason == "error":
-                        yield sse({"error": {"message": f"generation failed: {req.error}", "type": "server_error"}})
-                        break
-                    if c.text or (cfg.logprobs and c.token is not None):
-                        yield sse({**head, "choices": [{"index": 0, "delta": {"content": c.text},
-                                                        "logprobs": service.chat_logprobs([c]) if cfg.logprobs else None,
-                                                        "finish_reason": None}]})
-                    if c.finish_reason is not None:
-                        yield sse({**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                        "finish_reason": finish(c.finish_reason)}]})
-                        if include_usage:
-                            yield sse({**head, "choices": [], "usage": service.usage(len(tokens),
-                                                                                      len(req.completion_tokens))})
-                        break
-                yield b"data: [DONE]\n\n"
-                done = True
-            finally:
-                if not done:
-                    req.cancel()
-                    service.counters["client_disconnects_total"] += 1
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        def piece(c: GenerationChunk) -> dict | None:
+            if not (c.text or (cfg.logprobs and c.token is not None)):
+                return None
+            return {**head, "choices": [{"index": 0, "delta": {"content": c.text}, "finish_reason": None,
+                                         "logprobs": service.chat_logprobs([c]) if cfg.logprobs else None}]}
+
+        def closing(c: GenerationChunk) -> list[dict]:
+            return [{**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                          "finish_reason": finish(c.finish_reason)}]}]
+
+        opening = [{**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "logprobs": None, "finish_reason": None}]}]
+        return sse_stream(request, body, q, req, len(tokens), head, opening, piece, closing)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -220,40 +239,17 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
             tokens = prompts[0]
             q, on_chunk = bridge(loop)
             req = service.submit(tokens, cfg, grammar, on_chunk)
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-            async def events() -> AsyncIterator[bytes]:
-                done = False
-                try:
-                    if echo:
-                        yield sse({**base, "choices": [{"text": service.vocab.detokenize(tokens), "index": 0,
-                                                        "logprobs": None, "finish_reason": None}]})
-                    checked = [time.monotonic()]
-                    while True:
-                        c = await next_chunk(request, q, checked)
-                        if c is None:
-                            return
-                        if c.finish_reason == "error":
-                            yield sse({"error": {"message": f"generation failed: {req.error}", "type": "server_error"}})
-                            break
-                        if c.text or c.finish_reason is not None:
-                            lp = service.completion_logprobs([c]) if cfg.logprobs else None
-                            yield sse({**base, "choices": [{"text": c.text, "index": 0, "logprobs": lp,
-                                                            "finish_reason": finish(c.finish_reason)
-                                                            if c.finish_reason else None}]})
-                        if c.finish_reason is not None:
-                            if include_usage:
-                                yield sse({**base, "choices": [], "usage": service.usage(len(tokens),
-                                                                                          len(req.completion_tokens))})
-                            break
-                    yield b"data: [DONE]\n\n"
-                    done = True
-                finally:
-                    if not done:
-                        req.cancel()
-                        service.counters["client_disconnects_total"] += 1
-            return StreamingResponse(events(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            def piece(c: GenerationChunk) -> dict | None:
+                if not (c.text or c.finish_reason is not None):
+                    return None
+                return {**base, "choices": [{"text": c.text, "index": 0,
+                                             "logprobs": service.completion_logprobs([c]) if cfg.logprobs else None,
+                                             "finish_reason": finish(c.finish_reason) if c.finish_reason else None}]}
+
+            opening = [{**base, "choices": [{"text": service.vocab.detokenize(tokens), "index": 0, "logprobs": None,
+                                             "finish_reason": None}]}] if echo else []
+            return sse_stream(request, body, q, req, len(tokens), base, opening, piece, lambda c: [])
         pending = []
         for tokens in prompts:
             q, on_chunk = bridge(loop)
