@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEPS   := cffi numpy jinja2 requests pytest fastapi uvicorn httpx openai langchain-core tqdm gguf cymongoose
+DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn httpx openai langchain-core langchain-tests==1.1.9 tqdm gguf cymongoose
 
 .PHONY: venv build run test bench info clean
 
@@ -28,7 +28,7 @@ info: build
 	$(PY) -m cyllama info
 
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --benchmark-disable
 
 bench: build
 	$(PY) benchmarks/bench_decode.py

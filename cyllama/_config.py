@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .llama.sampler import LlamaSampler
 from .llama.vocab import LlamaVocab
@@ -55,7 +55,7 @@ class GenerationConfig:
     dry_multiplier: float = 0.0
     dry_base: float = 1.75
     dry_allowed_length: int = 2
-    dry_penalty_last_n: int = -1
+    dry_penalty_last_n: int = 64
     dry_sequence_breakers: List[str] = field(default_factory=lambda: ["\n", ":", '"', "*"])
     xtc_probability: float = 0.0
     xtc_threshold: float = 0.1
@@ -210,20 +210,35 @@ class GenerationStats:
         return f"<table><caption>GenerationStats</caption>{rows}</table>"
 
 
-def build_sampler(cfg: GenerationConfig, vocab: LlamaVocab, grammar: str | None = None) -> LlamaSampler:
-    """llama.cpp's sampler chain for ``cfg`` (grammar first, then penalties, filters, temperature, pick)."""
+def build_sampler(cfg: GenerationConfig, vocab: LlamaVocab, grammar: str | None = None, *,
+                  history: Sequence[int] = (), n_ctx: int = 0) -> LlamaSampler:
+    """llama.cpp's sampler chain for ``cfg``, in llama-server's order: logit bias, penalties, DRY,
+    grammar, then top-n-sigma, top-k, typical, top-p, min-p, XTC, temperature and the pick; with
+    mirostat only logit bias, grammar, temperature and mirostat (as llama.cpp's common sampler). ``history`` (the prompt) is fed to the penalty and DRY samplers first, as
+    llama-server does, so repeating the prompt is penalised too; ``-1`` for ``penalty_last_n`` or
+    ``dry_penalty_last_n`` means the whole context (``n_ctx``)."""
     n_vocab = vocab.n_vocab
     s = LlamaSampler(vocab=vocab)
     try:
         if cfg.logit_bias:
             s.add_logit_bias(n_vocab, cfg.logit_bias)
+        window = 0
+        if cfg.mirostat and not cfg.greedy:  # llama.cpp's mirostat chain: logit bias, temperature, mirostat
+            pass
+        elif cfg.repeat_penalty != 1.0 or cfg.frequency_penalty != 0.0 or cfg.presence_penalty != 0.0:
+            last_n = n_ctx if cfg.penalty_last_n == -1 else cfg.penalty_last_n
+            s.add_penalties(last_n, cfg.repeat_penalty, cfg.frequency_penalty, cfg.presence_penalty)
+            window = last_n
+        if cfg.dry_multiplier > 0.0 and not (cfg.mirostat and not cfg.greedy):
+            last_n = n_ctx if cfg.dry_penalty_last_n == -1 else cfg.dry_penalty_last_n
+            s.add_dry(cfg.dry_multiplier, cfg.dry_base, cfg.dry_allowed_length, last_n, cfg.dry_sequence_breakers)
+            window = max(window, last_n)
+        if window > 0 and history:
+            # penalties and DRY see the prompt; the samplers added below ignore accept()
+            for tok in history[-window:]:
+                s.accept(int(tok))
         if grammar:
             s.add_grammar(grammar)
-        if cfg.repeat_penalty != 1.0 or cfg.frequency_penalty != 0.0 or cfg.presence_penalty != 0.0:
-            s.add_penalties(cfg.penalty_last_n, cfg.repeat_penalty, cfg.frequency_penalty, cfg.presence_penalty)
-        if cfg.dry_multiplier > 0.0:
-            s.add_dry(cfg.dry_multiplier, cfg.dry_base, cfg.dry_allowed_length, cfg.dry_penalty_last_n,
-                      cfg.dry_sequence_breakers)
         if cfg.greedy:
             s.add_greedy()
         elif cfg.mirostat == 1:

@@ -16,27 +16,43 @@ from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams
 from .llama.model import LlamaModel
 
-__all__ = ["Embedder", "POOLING_TYPES"]
+__all__ = ["Embedder", "POOLING_TYPES", "model_pooling"]
 
 POOLING_TYPES = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
+_POOLING_NAMES = {v: k for k, v in POOLING_TYPES.items()}
+
+
+def model_pooling(model: LlamaModel) -> str:
+    """The pooling the model's GGUF names (``<arch>.pooling_type``); "mean" when it names none,
+    as for generative models, which have no pooling of their own."""
+    arch = model.meta_val_str("general.architecture")
+    value = model.meta_val_str(f"{arch}.pooling_type") if arch else None
+    try:
+        name = _POOLING_NAMES.get(int(value)) if value is not None else None
+    except ValueError:
+        name = None
+    return name if name not in (None, "none") else "mean"
 
 
 class Embedder:
     """Computes embeddings with ``model``.
 
-    ``pooling``: "mean", "cls", "last", "rank" (rerankers) or "none" (one vector per token).
-    ``normalize``: L2-normalize each vector (pooled outputs only).
+    ``pooling``: "mean", "cls", "last", "rank" (rerankers) or "none" (one vector per token);
+    None: the model's own (:func:`model_pooling`). ``normalize``: L2-normalize each vector
+    (pooled outputs only; rank scores are never normalized).
     """
 
-    def __init__(self, model: LlamaModel, pooling: str = "mean", normalize: bool = True,
+    def __init__(self, model: LlamaModel, pooling: str | None = None, normalize: bool = True,
                  n_ctx: int | None = None, n_seq_max: int = 16, n_threads: int | None = None):
+        if pooling is None:
+            pooling = model_pooling(model)
         if pooling not in POOLING_TYPES:
             raise ValueError(f"pooling must be one of {sorted(POOLING_TYPES)}, got {pooling!r}")
         if not isinstance(n_seq_max, int) or not 1 <= n_seq_max <= 256:
             raise ValueError(f"n_seq_max must be an int in 1..256, got {n_seq_max!r}")
         self.model = model
         self.pooling = pooling
-        self.normalize = bool(normalize)
+        self.normalize = bool(normalize) and pooling != "rank"
         n_ctx = n_ctx or min(model.n_ctx_train or 2048, 2048)
         p = LlamaContextParams(n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_seq_max=n_seq_max,
                                embeddings=True, pooling_type=POOLING_TYPES[pooling], kv_unified=True)

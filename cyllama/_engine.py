@@ -23,14 +23,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
-import numpy as np
-
-from ._config import GenerationConfig, GenerationStats, build_sampler
+from ._config import GenerationConfig, GenerationStats
 from ._errors import CyllamaError
-from ._generation import GenerationChunk, TextStream, common_prefix, sample_token
-from .llama._backend import lib
+from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams
 from .llama.model import LlamaModel
@@ -101,18 +98,12 @@ class EngineRequest:
 class _Slot:
     seq: int
     req: EngineRequest | None = None
-    sampler: Any = None
-    text: TextStream | None = None
+    gen: Generation | None = None
     cache: list[int] | None = None  # tokens whose KV the sequence holds
     prompt_pos: int = 0  # next prompt token to evaluate
     feed: list[int] | None = None  # tokens to decode at the next step (generation phase)
     out_index: int = -1  # batch index of this slot's output in the current step
     chunk_n: int = 0  # prompt tokens this slot put in the current step's batch
-    generated: int = 0
-    t_start: float = 0.0
-    t_prompt_done: float = 0.0
-    t_first: float = 0.0
-    cached_tokens: int = 0
 
     @property
     def busy(self) -> bool:
@@ -180,11 +171,10 @@ class Engine:
         if not toks:
             raise ValueError("the prompt is empty")
         self.vocab.check_tokens(toks)
-        if len(toks) >= self.n_ctx_slot:
-            if not config.truncate_prompt:
-                raise ValueError(f"the prompt has {len(toks)} tokens but a slot's context holds {self.n_ctx_slot}")
-            keep = max(1, self.n_ctx_slot - min(config.max_tokens, self.n_ctx_slot // 2))
-            toks = toks[len(toks) - keep:]
+        try:
+            toks = fit_prompt(toks, self.n_ctx_slot, config.max_tokens, config.truncate_prompt, self.vocab.bos)
+        except ValueError:
+            raise ValueError(f"the prompt has {len(toks)} tokens but a slot's context holds {self.n_ctx_slot}") from None
         req = EngineRequest(toks, config, grammar, on_chunk)
         with self._cv:
             if len(self._waiting) >= self.max_queue:
@@ -286,13 +276,10 @@ class Engine:
             slot.cache = list(req.tokens[:shared])
         slot.req = req
         slot.prompt_pos = shared
-        slot.cached_tokens = shared
         slot.feed = None
-        slot.generated = 0
-        slot.t_start = time.perf_counter()
-        slot.t_first = 0.0
-        slot.sampler = build_sampler(req.config, self.vocab, req.grammar)
-        slot.text = TextStream(self.vocab, req.config.stop_sequences)
+        slot.gen = Generation.from_config(self.vocab, req.config, req.tokens, self.n_ctx_slot, req.grammar)
+        slot.gen.cached_tokens = shared
+        req.completion_tokens = slot.gen.completion_tokens
         self.metrics["prompt_tokens_total"] += len(req.tokens)
         self.metrics["cached_prompt_tokens_total"] += shared
 
@@ -347,66 +334,41 @@ class Engine:
                 s.cache.extend(s.req.tokens[s.prompt_pos:s.prompt_pos + n_new])
                 s.prompt_pos += n_new
                 if s.out_index >= 0:
-                    s.t_prompt_done = time.perf_counter()
+                    s.gen.prompt_evaluated()
             if s.out_index >= 0:
                 self._sample(s)
 
     def _sample(self, s: _Slot) -> None:
-        req, cfg = s.req, s.req.config
+        req, gen = s.req, s.gen
         try:
-            if cfg.logits_processor is not None or cfg.logprobs:
-                ids = np.asarray(s.cache, dtype=np.intc) if cfg.logits_processor is not None else None
-                tok, info = sample_token(self.ctx, s.sampler, s.out_index, ids,
-                                         cfg.top_logprobs if cfg.logprobs else None, cfg.logits_processor)
-            else:
-                tok, info = s.sampler.sample(self.ctx, s.out_index), None
+            chunk = gen.step(self.ctx, s.out_index, len(s.cache))
         except BaseException as exc:
             self._finish(s, "error", exc)
             return
-        if not cfg.ignore_eos and lib.llama_vocab_is_eog(self.vocab.ptr, tok):
-            self._finish(s, "stop")
+        if chunk.token is not None:
+            self.metrics["generated_tokens_total"] += 1
+        if chunk.finish_reason is not None:
+            self._finish(s, chunk.finish_reason, chunk=chunk)
             return
-        if s.generated == 0:
-            s.t_first = time.perf_counter()
-        s.generated += 1
-        req.completion_tokens.append(tok)
-        self.metrics["generated_tokens_total"] += 1
-        text, stopped = s.text.push(tok)
-        lp, top = info if info is not None else (None, None)
-        if stopped:
-            req._emit(GenerationChunk(text, tok, lp, top, None))
-            self._finish(s, "stop")
-            return
-        if text or cfg.logprobs:
-            req._emit(GenerationChunk(text, tok, lp, top, None))
-        pos = len(s.cache)
-        if s.generated >= cfg.max_tokens or pos + 1 >= self.n_ctx_slot:
-            self._finish(s, "length")
-            return
-        s.feed = [tok]
+        if chunk.text or chunk.logprob is not None:
+            req._emit(chunk)
+        s.feed = [chunk.token]
 
-    def _finish(self, s: _Slot, reason: str, error: BaseException | None = None) -> None:
-        req = s.req
+    def _finish(self, s: _Slot, reason: str, error: BaseException | None = None,
+                chunk: GenerationChunk | None = None) -> None:
+        req, gen = s.req, s.gen
         if req is None:
             return
-        tail = s.text.flush() if (s.text is not None and reason in ("length", "stop")) else ""
-        now = time.perf_counter()
-        prompt_time = (s.t_prompt_done or now) - s.t_start
-        gen_time = now - (s.t_prompt_done or now)
-        n_eval = len(req.tokens) - s.cached_tokens
-        req.stats = GenerationStats(
-            prompt_tokens=len(req.tokens), generated_tokens=s.generated, total_time=now - s.t_start,
-            tokens_per_second=s.generated / gen_time if gen_time > 0 else 0.0, prompt_time=prompt_time,
-            generation_time=gen_time, time_to_first_token=(s.t_first - s.t_start) if s.t_first else 0.0,
-            prompt_tokens_per_second=n_eval / prompt_time if prompt_time > 0 else 0.0,
-            cached_tokens=s.cached_tokens, finish_reason=reason)
+        if chunk is None:
+            chunk = gen.finish(reason) if gen is not None else GenerationChunk("", None, None, None, reason)
+        if gen is not None:
+            req.stats = gen.stats()
+            gen.close()
         req.finish_reason = reason
         req.error = error
         key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")
         self.metrics[key] += 1
-        if s.sampler is not None:
-            s.sampler.close()
-        s.req, s.sampler, s.text, s.feed, s.cache = None, None, None, None, None
+        s.req, s.gen, s.feed, s.cache = None, None, None, None
         try:
             self.ctx.kv_cache_seq_rm(s.seq, -1, -1)
         except Exception:
@@ -414,5 +376,5 @@ class Engine:
         if error is not None:
             req._emit(error if isinstance(error, Exception) else CyllamaError(str(error)))
         else:
-            req._emit(GenerationChunk(tail, None, None, None, reason))
+            req._emit(chunk)
         req.done.set()

@@ -1,15 +1,21 @@
-"""The generation loop, in layers (as in mlx-lm):
+"""The decoding core, in layers (as in mlx-lm). Every entry point drives these:
 
-* ``generate_step``: evaluates the prompt (reusing the KV cache for the prefix it shares with what
-  the sequence already holds), then samples and decodes one token at a time; yields token ids.
-* ``TextStream``: turns those ids into text with incremental UTF-8 decoding (a character split
-  across tokens is held back until complete) and stop sequences matched across chunk boundaries
-  (text that could be the start of a stop sequence is held back, never emitted).
-* ``stream_generate``: joins them, yielding small :class:`GenerationChunk` objects, and fills in
-  the timing in :class:`StreamStats`.
+* :class:`Generation`: one sequence's generation step. It owns the sampler chain (built from a
+  :class:`~cyllama.GenerationConfig` and fed the prompt, as llama-server does, so penalties see
+  it), a Python logits processor's view of the token ids, logprobs, end-of-generation, length
+  and stop-sequence checks, the :class:`TextStream`, and the timing. A driver decodes a batch and
+  calls :meth:`Generation.step` with the batch index of the sequence's logits.
+* ``run_sequence``: the single-sequence driver (``LLM``, the in-process client, LangChain):
+  reuses the KV prefix the sequence already holds, evaluates the rest of the prompt in n_batch
+  chunks, then decodes one token at a time. The continuous-batching ``Engine`` is the
+  many-sequence driver of the same :class:`Generation` objects.
+* ``TextStream``: token ids in, text out, with incremental UTF-8 decoding (a character split
+  across tokens is held back until complete) and stop sequences matched across chunk boundaries.
+* ``fit_prompt``: the one truncation policy (keep the start-of-text token and the end).
 
 Per-token work is O(1): one batch reused, one sampler call, one piece lookup, a tail-only stop
-check. Logits are only read into numpy when logprobs or a Python logits processor ask for them.
+check, an amortised append to the logits processor's id buffer. Logits are only read into numpy
+when logprobs or a Python logits processor ask for them.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ from __future__ import annotations
 import codecs
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -31,36 +37,12 @@ from .llama.model import LlamaModel
 from .llama.sampler import LlamaSampler
 from .llama.vocab import LlamaVocab
 
-__all__ = ["StreamStats", "GenerationChunk", "CancelToken", "TextStream", "generate_step", "stream_generate",
-           "sample_token", "common_prefix",
+if TYPE_CHECKING:
+    from ._config import GenerationConfig, GenerationStats
+
+__all__ = ["GenerationChunk", "CancelToken", "Generation", "TextStream", "run_sequence", "fit_prompt",
+           "generate_step", "stream_generate", "sample_token", "common_prefix", "StreamStats",
            "step_tokens", "stream_text", "apply_chat_template", "eval_prompt", "reuse_prefix"]
-
-
-@dataclass
-class StreamStats:
-    """Counters filled in while a stream runs."""
-
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    generated_tokens: int = 0
-    prompt_time: float = 0.0
-    generation_time: float = 0.0
-    time_to_first_token: float = 0.0
-    finish_reason: str = ""
-    t_start: float = field(default_factory=time.perf_counter)
-
-    @property
-    def total_time(self) -> float:
-        return self.prompt_time + self.generation_time
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.generated_tokens / self.generation_time if self.generation_time > 0 else 0.0
-
-    @property
-    def prompt_tokens_per_second(self) -> float:
-        n = self.prompt_tokens - self.cached_tokens
-        return n / self.prompt_time if self.prompt_time > 0 else 0.0
 
 
 @dataclass(slots=True)
@@ -159,24 +141,43 @@ def eval_prompt(ctx: LlamaContext, tokens: Sequence[int], pos0: int = 0, seq_id:
     return pos0 + n
 
 
-# -- the step generator ---------------------------------------------------------------------------
+# -- the truncation policy ----------------------------------------------------------------------
+def fit_prompt(tokens: list[int], limit: int, max_tokens: int, truncate: bool, bos: int = -1) -> list[int]:
+    """``tokens`` if they leave room in a context of ``limit`` tokens; else, with ``truncate``, the
+    start-of-text token (when the prompt begins with it) and the last tokens, leaving room for up
+    to ``max_tokens`` (at most half the context); without ``truncate`` a ``ValueError``."""
+    if len(tokens) < limit:
+        return tokens
+    if not truncate:
+        raise ValueError(f"the prompt has {len(tokens)} tokens but the context holds {limit}: shorten it, "
+                         f"use a larger n_ctx, or pass truncate_prompt=True")
+    keep = max(1, limit - min(max_tokens, limit // 2))
+    if bos >= 0 and tokens and tokens[0] == bos and keep > 1:
+        return [bos, *tokens[len(tokens) - keep + 1:]]
+    return tokens[len(tokens) - keep:]
+
+
+# -- one sequence's step -------------------------------------------------------------------------
 def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, dict[int, float] | None]:
-    x = logits.astype(np.float64)
-    m = x.max()
-    lse = m + np.log(np.exp(x - m).sum())
-    lp = float(x[token] - lse)
+    m = float(logits.max())
+    lse = m + float(np.log(np.exp(logits - m, dtype=np.float64).sum()))
+    lp = float(logits[token]) - lse
     if not top:
         return lp, None
-    idx = np.argpartition(-x, top)[:top] if top < len(x) else np.arange(len(x))
-    idx = idx[np.argsort(-x[idx])]
-    return lp, {int(i): float(x[i] - lse) for i in idx}
+    n = len(logits)
+    idx = np.argpartition(logits, n - top)[n - top:] if top < n else np.arange(n)
+    idx = idx[np.argsort(-logits[idx], kind="stable")]
+    return lp, {int(i): float(logits[i]) - lse for i in idx}
 
 
 def sample_token(ctx: LlamaContext, sampler: LlamaSampler, idx: int, ids: np.ndarray | None,
                  logprobs: int | None, logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None,
                  ) -> tuple[int, tuple[float, dict[int, float] | None] | None]:
     """Samples at batch index ``idx`` after running a Python logits processor on the logits (it sees
-    the token ids ``ids``), and with ``logprobs`` (top-n count) also returns the token's log-probability."""
+    the token ids ``ids``), and with ``logprobs`` (top-n count) also returns the token's log-probability
+    (of the distribution the sampler chain starts from)."""
+    if logprobs is None and logits_processor is None:
+        return sampler.sample(ctx, idx), None
     logits = ctx.get_logits_ith(idx)
     if logits_processor is not None:
         out = logits_processor(ids, logits)
@@ -186,70 +187,222 @@ def sample_token(ctx: LlamaContext, sampler: LlamaSampler, idx: int, ids: np.nda
     return tok, (_logprobs(logits, tok, logprobs) if logprobs is not None else None)
 
 
+class _IdBuffer:
+    """The token ids a logits processor sees, grown by doubling (O(1) amortised per token)."""
+
+    __slots__ = ("buf", "n")
+
+    def __init__(self, tokens: Sequence[int]):
+        self.buf = np.empty(max(64, 2 * len(tokens)), dtype=np.intc)
+        self.buf[:len(tokens)] = tokens
+        self.n = len(tokens)
+
+    def append(self, tok: int) -> None:
+        if self.n == len(self.buf):
+            self.buf = np.concatenate([self.buf, np.empty_like(self.buf)])
+        self.buf[self.n] = tok
+        self.n += 1
+
+    def view(self) -> np.ndarray:
+        return self.buf[:self.n]
+
+
+class Generation:
+    """One sequence's generation: sample, check, detokenize; the driver decodes.
+
+    ``step(ctx, idx, n_past)`` samples from the logits at batch index ``idx`` (``n_past``: the
+    tokens the sequence holds in the KV cache) and returns a :class:`GenerationChunk`. When the
+    chunk has a ``finish_reason`` the generation is over and its token (if any) must not be
+    decoded; otherwise the driver decodes ``chunk.token`` at position ``n_past`` and steps again.
+    ``finish(reason)`` ends it early ("cancelled", "error"). ``stats()`` gives its
+    :class:`~cyllama.GenerationStats`.
+    """
+
+    __slots__ = ("vocab", "sampler", "owns_sampler", "text", "max_tokens", "ignore_eos", "n_top", "processor",
+                 "_ids", "n_ctx", "prompt_tokens", "cached_tokens", "completion_tokens", "finish_reason",
+                 "t_start", "t_prompt_done", "t_first", "t_end", "_vptr")
+
+    def __init__(self, vocab: LlamaVocab, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, n_ctx: int,
+                 *, stop: Sequence[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
+                 logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+                 owns_sampler: bool = False):
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+        self.vocab, self.sampler, self.owns_sampler = vocab, sampler, owns_sampler
+        self._vptr = vocab.ptr
+        self.text = TextStream(vocab, stop)
+        self.max_tokens, self.n_ctx = max_tokens, n_ctx
+        self.ignore_eos, self.n_top, self.processor = ignore_eos, logprobs, logits_processor
+        self._ids = _IdBuffer(prompt) if logits_processor is not None else None
+        self.prompt_tokens, self.cached_tokens = len(prompt), 0
+        self.completion_tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self.t_start = time.perf_counter()
+        self.t_prompt_done = self.t_first = self.t_end = 0.0
+
+    @classmethod
+    def from_config(cls, vocab: LlamaVocab, cfg: "GenerationConfig", prompt: Sequence[int], n_ctx: int,
+                    grammar: str | None = None) -> "Generation":
+        """A generation with the sampler chain ``cfg`` describes (the prompt fed to its penalties)."""
+        from ._config import build_sampler
+
+        sampler = build_sampler(cfg, vocab, grammar, history=prompt, n_ctx=n_ctx)
+        try:
+            return cls(vocab, sampler, prompt, cfg.max_tokens, n_ctx, stop=cfg.stop_sequences,
+                       ignore_eos=cfg.ignore_eos, logprobs=cfg.top_logprobs if cfg.logprobs else None,
+                       logits_processor=cfg.logits_processor, owns_sampler=True)
+        except BaseException:
+            sampler.close()
+            raise
+
+    @property
+    def generated(self) -> int:
+        return len(self.completion_tokens)
+
+    def prompt_evaluated(self) -> None:
+        self.t_prompt_done = time.perf_counter()
+
+    def step(self, ctx: LlamaContext, idx: int, n_past: int) -> GenerationChunk:
+        ids = self._ids.view() if self._ids is not None else None
+        tok, info = sample_token(ctx, self.sampler, idx, ids, self.n_top, self.processor)
+        if not self.ignore_eos and lib.llama_vocab_is_eog(self._vptr, tok):
+            return self.finish("stop")
+        if not self.completion_tokens:
+            self.t_first = time.perf_counter()
+        self.completion_tokens.append(tok)
+        if self._ids is not None:
+            self._ids.append(tok)
+        text, stopped = self.text.push(tok)
+        lp, top = info if info is not None else (None, None)
+        if stopped:
+            self._end("stop")
+            return GenerationChunk(text, tok, lp, top, "stop")
+        if len(self.completion_tokens) >= self.max_tokens or n_past >= self.n_ctx:
+            self._end("length")
+            return GenerationChunk(text + self.text.flush(), tok, lp, top, "length")
+        return GenerationChunk(text, tok, lp, top)
+
+    def finish(self, reason: str) -> GenerationChunk:
+        """Ends the generation with ``reason``; the returned chunk holds any held-back text."""
+        tail = self.text.flush() if reason in ("stop", "length") else ""
+        self._end(reason)
+        return GenerationChunk(tail, None, None, None, reason)
+
+    def _end(self, reason: str) -> None:
+        self.finish_reason = reason
+        self.t_end = time.perf_counter()
+
+    def close(self) -> None:
+        if self.owns_sampler:
+            self.sampler.close()
+
+    def stats(self) -> "GenerationStats":
+        from ._config import GenerationStats
+
+        now = self.t_end or time.perf_counter()
+        done = self.t_prompt_done or now
+        prompt_time, gen_time = done - self.t_start, now - done
+        n_gen, n_eval = len(self.completion_tokens), self.prompt_tokens - self.cached_tokens
+        return GenerationStats(
+            prompt_tokens=self.prompt_tokens, generated_tokens=n_gen, total_time=now - self.t_start,
+            tokens_per_second=n_gen / gen_time if gen_time > 0 else 0.0, prompt_time=prompt_time,
+            generation_time=gen_time, time_to_first_token=(self.t_first - self.t_start) if self.t_first else 0.0,
+            prompt_tokens_per_second=n_eval / prompt_time if prompt_time > 0 else 0.0,
+            cached_tokens=self.cached_tokens, finish_reason=self.finish_reason or "cancelled")
+
+
+# -- the single-sequence driver --------------------------------------------------------------------
+def run_sequence(ctx: LlamaContext, gen: Generation, prompt: Sequence[int], *, cache: list[int] | None = None,
+                 seq_id: int = 0, cancel: CancelToken | None = None) -> Iterator[GenerationChunk]:
+    """Drives ``gen`` on sequence ``seq_id`` of ``ctx``; yields its chunks, the last with ``finish_reason``.
+
+    ``cache`` (the tokens whose KV the sequence holds) enables prefix reuse and is kept up to date,
+    so the next call can reuse this one's prompt and output. Without it the sequence is cleared.
+    """
+    if len(prompt) == 0:
+        raise ValueError("the prompt is empty")
+    if cache is None:
+        cache = []
+        ctx.kv_cache_seq_rm(seq_id, -1, -1)
+    n_reused = reuse_prefix(ctx, cache, prompt, seq_id)
+    gen.cached_tokens = n_reused
+    pos = eval_prompt(ctx, prompt[n_reused:], n_reused, seq_id, cache, cancel)
+    gen.prompt_evaluated()
+    if pos < 0:
+        yield gen.finish("cancelled")
+        return
+    batch = LlamaBatch(1, 0, 1)
+    try:
+        while True:
+            if cancel is not None and cancel.cancelled:
+                yield gen.finish("cancelled")
+                return
+            chunk = gen.step(ctx, -1, pos)
+            yield chunk
+            if chunk.finish_reason is not None:
+                return
+            batch.clear()
+            batch.add(chunk.token, pos, seq_id, True)
+            ctx.decode(batch)
+            cache.append(chunk.token)
+            pos += 1
+    finally:
+        batch.close()
+
+
+# -- the low-level API (a sampler you built, no config) ----------------------------------------
+@dataclass
+class StreamStats:
+    """Counters of a low-level stream (``stream_text``/``step_tokens``)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    prompt_time: float = 0.0
+    generation_time: float = 0.0
+    time_to_first_token: float = 0.0
+    finish_reason: str = ""
+
+    @property
+    def total_time(self) -> float:
+        return self.prompt_time + self.generation_time
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.generation_time if self.generation_time > 0 else 0.0
+
+
+def stream_generate(ctx: LlamaContext, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, *,
+                    stop: Sequence[str] = (), stats: StreamStats | None = None, cache: list[int] | None = None,
+                    cancel: CancelToken | None = None, ignore_eos: bool = False, logprobs: int | None = None,
+                    logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+                    seq_id: int = 0) -> Iterator[GenerationChunk]:
+    """Yields :class:`GenerationChunk` objects for ``prompt`` with a sampler you built; the last
+    one carries ``finish_reason``."""
+    gen = Generation(ctx.model.get_vocab(), sampler, prompt, max_tokens, ctx.n_ctx, stop=stop, ignore_eos=ignore_eos,
+                     logprobs=logprobs, logits_processor=logits_processor)
+    try:
+        yield from run_sequence(ctx, gen, prompt, cache=cache, seq_id=seq_id, cancel=cancel)
+    finally:
+        if stats is not None:
+            st = gen.stats()
+            stats.prompt_tokens, stats.cached_tokens, stats.generated_tokens = (
+                st.prompt_tokens, st.cached_tokens, st.generated_tokens)
+            stats.prompt_time, stats.generation_time = st.prompt_time, st.generation_time
+            stats.time_to_first_token, stats.finish_reason = st.time_to_first_token, st.finish_reason
+
+
 def generate_step(ctx: LlamaContext, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, *,
                   stats: StreamStats | None = None, cache: list[int] | None = None, seq_id: int = 0,
                   cancel: CancelToken | None = None, ignore_eos: bool = False, logprobs: int | None = None,
                   logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None = None,
                   ) -> Iterator[tuple[int, tuple[float, dict[int, float] | None] | None]]:
-    """Yields ``(token, logprob_info)`` until end-of-generation, ``max_tokens``, a full context or cancel.
-
-    ``cache`` (tokens whose KV sequence ``seq_id`` holds) enables prefix reuse and is kept up to
-    date, so the next call can reuse this one's prompt and output. ``logprobs`` (None = off, or
-    the number of top alternatives) makes each step also return the token's log-probability.
-    ``stats.finish_reason`` ends as "stop", "length" or "cancelled".
-    """
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
-    if len(prompt) == 0:
-        raise ValueError("the prompt is empty")
-    stats = stats if stats is not None else StreamStats()
-    own_cache = cache is None
-    cache = [] if cache is None else cache
-    vptr = ctx.model.get_vocab().ptr
-    t0 = time.perf_counter()
-    n_reused = reuse_prefix(ctx, cache, prompt, seq_id) if not own_cache else 0
-    if own_cache:
-        ctx.kv_cache_seq_rm(seq_id, -1, -1)
-    stats.prompt_tokens, stats.cached_tokens = len(prompt), n_reused
-    pos = eval_prompt(ctx, prompt[n_reused:], n_reused, seq_id, cache, cancel)
-    stats.prompt_time = time.perf_counter() - t0
-    if pos < 0:
-        stats.finish_reason = "cancelled"
-        return
-    batch = LlamaBatch(1, 0, 1)
-    want_logits = logprobs is not None or logits_processor is not None
-    ids = np.asarray(cache, dtype=np.intc) if logits_processor is not None else None
-    n_ctx = ctx.n_ctx
-    t_gen = time.perf_counter()
-    stats.finish_reason = "length"
-    try:
-        for i in range(max_tokens):
-            if cancel is not None and cancel.cancelled:
-                stats.finish_reason = "cancelled"
-                return
-            if want_logits:
-                tok, info = sample_token(ctx, sampler, -1, ids, logprobs, logits_processor)
-            else:
-                tok, info = sampler.sample(ctx, -1), None
-            if not ignore_eos and lib.llama_vocab_is_eog(vptr, tok):
-                stats.finish_reason = "stop"
-                return
-            if i == 0:
-                stats.time_to_first_token = time.perf_counter() - t0
-            stats.generated_tokens += 1
-            yield tok, info
-            if pos >= n_ctx or i == max_tokens - 1:
-                return  # "length": the token is returned but not decoded (nothing would read its logits)
-            batch.clear()
-            batch.add(tok, pos, seq_id, True)
-            ctx.decode(batch)
-            cache.append(tok)
-            pos += 1
-            if ids is not None:
-                ids = np.append(ids, np.intc(tok))
-    finally:
-        stats.generation_time = time.perf_counter() - t_gen
-        batch.close()
+    """Yields ``(token, logprob_info)`` until end-of-generation, ``max_tokens``, a full context or cancel."""
+    for c in stream_generate(ctx, sampler, prompt, max_tokens, stats=stats, cache=cache, seq_id=seq_id,
+                             cancel=cancel, ignore_eos=ignore_eos, logprobs=logprobs,
+                             logits_processor=logits_processor):
+        if c.token is not None:
+            yield c.token, (None if c.logprob is None else (c.logprob, c.top_logprobs))
 
 
 # -- text ---------------------------------------------------------------------------------------
@@ -314,30 +467,6 @@ class TextStream:
         return tail
 
 
-def stream_generate(ctx: LlamaContext, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, *,
-                    stop: Sequence[str] = (), stats: StreamStats | None = None, cache: list[int] | None = None,
-                    cancel: CancelToken | None = None, ignore_eos: bool = False, logprobs: int | None = None,
-                    logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None = None,
-                    seq_id: int = 0) -> Iterator[GenerationChunk]:
-    """Yields :class:`GenerationChunk` objects; the last one carries ``finish_reason``."""
-    stats = stats if stats is not None else StreamStats()
-    text_stream = TextStream(ctx.model.get_vocab(), stop)
-    steps = generate_step(ctx, sampler, prompt, max_tokens, stats=stats, cache=cache, cancel=cancel,
-                          ignore_eos=ignore_eos, logprobs=logprobs, logits_processor=logits_processor,
-                          seq_id=seq_id)
-    for tok, info in steps:
-        text, stopped = text_stream.push(tok)
-        lp, top = info if info is not None else (None, None)
-        if stopped:
-            steps.close()
-            stats.finish_reason = "stop"
-            yield GenerationChunk(text, tok, lp, top, "stop")
-            return
-        yield GenerationChunk(text, tok, lp, top)
-    yield GenerationChunk(text_stream.flush(), None, None, None, stats.finish_reason or "stop")
-
-
-# -- the simple two-layer API kept for the CLI and low-level users -------------------------------
 def step_tokens(ctx: LlamaContext, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int,
                 stats: StreamStats | None = None, pos0: int = 0) -> Iterator[int]:
     """Yields sampled token ids for ``prompt`` evaluated from position ``pos0`` of sequence 0."""

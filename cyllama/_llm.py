@@ -9,14 +9,14 @@ by the model's training context) and grown when a later call needs more.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._config import GenerationConfig, GenerationStats, build_sampler
-from ._embedding import Embedder
-from ._generation import CancelToken, GenerationChunk, StreamStats, stream_generate
+from ._config import GenerationConfig, GenerationStats
+from ._embedding import Embedder, model_pooling
+from ._generation import CancelToken, Generation, GenerationChunk, fit_prompt, run_sequence
+from ._guard import GenerationGuard
 from .llama.context import LlamaContext, LlamaContextParams
 from .llama.model import LlamaModel, LlamaModelParams
 
@@ -62,9 +62,7 @@ class LLM:
         self._cache: list[int] = []
         self._embedders: dict[tuple[str, bool], Embedder] = {}
         self._cancel = CancelToken()
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self._active: Iterator[GenerationChunk] | None = None
+        self._guard = GenerationGuard()
         self.last_stats: GenerationStats | None = None
 
     # -- context management ----------------------------------------------------------------
@@ -134,16 +132,7 @@ class LLM:
     def _fit(self, tokens: list[int], cfg: GenerationConfig) -> list[int]:
         train = self.model.n_ctx_train or 4096
         limit = (cfg.n_ctx or train) if cfg.n_ctx is not None else train
-        if len(tokens) < limit:
-            return tokens
-        if not cfg.truncate_prompt:
-            raise ValueError(f"the prompt has {len(tokens)} tokens but the context holds {limit}: shorten it, "
-                             f"use a larger n_ctx, or pass truncate_prompt=True")
-        keep = max(1, limit - min(cfg.max_tokens, limit // 2))
-        bos = self.vocab.bos
-        if tokens[0] == bos and bos >= 0:
-            return [bos, *tokens[len(tokens) - keep + 1:]]
-        return tokens[len(tokens) - keep:]
+        return fit_prompt(tokens, limit, cfg.max_tokens, cfg.truncate_prompt, self.vocab.bos)
 
     # -- generation ------------------------------------------------------------------------
     def _config(self, config: GenerationConfig | None, kwargs: Mapping[str, Any]) -> GenerationConfig:
@@ -153,68 +142,47 @@ class LLM:
         cfg._validate()  # fields may have been assigned after construction
         return cfg
 
-    def _acquire(self, me: Iterator[GenerationChunk]) -> None:
-        if not self._lock.acquire(blocking=False):
-            prev = self._active
-            if self._owner != threading.get_ident() or prev is None or prev is me:
-                raise RuntimeError("this LLM is generating in another thread; use one LLM per thread, "
-                                   "or the batch engine for concurrent requests")
-            try:
-                prev.close()  # a stream this thread left unfinished: end it (this releases the lock)
-            except ValueError:  # it is running: called again from inside its own on_token callback
-                raise RuntimeError("cannot start a generation from inside a running one") from None
-            if not self._lock.acquire(blocking=False):
-                raise RuntimeError("this LLM is busy")
-        self._owner, self._active = threading.get_ident(), me
-
-    def _release(self) -> None:
-        self._owner, self._active = None, None
-        self._lock.release()
-
     def stream(self, prompt: str | Sequence[int], config: GenerationConfig | None = None, *,
                response_format: Mapping[str, Any] | None = None, add_bos: bool | None = None,
-               **kwargs: Any) -> Iterator[GenerationChunk]:
+               wait: bool = False, **kwargs: Any) -> Iterator[GenerationChunk]:
         """Yields :class:`GenerationChunk` objects (text, token, logprob); the last has ``finish_reason``.
 
         Nothing runs until the first chunk is asked for. ``self.last_stats`` holds the
-        :class:`GenerationStats` once the stream ends.
+        :class:`GenerationStats` once the stream ends. With ``wait`` a stream started while another
+        thread generates waits for it (instead of raising ``RuntimeError``).
         """
         cfg = self._config(config, kwargs)
         tokens = self._fit(self._prompt_tokens(prompt, cfg, add_bos), cfg)
-        grammar = _grammar_for(cfg, response_format)
+        return self.run(tokens, cfg, _grammar_for(cfg, response_format), wait)
+
+    def run(self, tokens: Sequence[int], config: GenerationConfig, grammar: str | None = None,
+            wait: bool = False) -> Iterator[GenerationChunk]:
+        """The generation of already-checked prompt ``tokens`` with ``config`` (and a GBNF
+        ``grammar``): what :meth:`stream` and the OpenAI layer drive. With ``wait`` a call from
+        another thread waits for the running generation instead of raising ``RuntimeError``."""
         me: list[Iterator[GenerationChunk]] = []
-        gen = self._drive(tokens, cfg, grammar, me)
+        gen = self._drive(list(tokens), config, grammar, me, wait)
         me.append(gen)
         return gen
 
     def _drive(self, tokens: list[int], cfg: GenerationConfig, grammar: str | None,
-               me: list[Iterator[GenerationChunk]]) -> Iterator[GenerationChunk]:
-        self._acquire(me[0])
-        stats = StreamStats()
-        sampler = None
+               me: list[Iterator[GenerationChunk]], wait: bool) -> Iterator[GenerationChunk]:
+        self._guard.acquire(me[0], blocking=wait)
+        g = None
         try:
             ctx = self._context_for(cfg, len(tokens))
             if len(tokens) >= ctx.n_ctx:
                 raise ValueError(f"the prompt has {len(tokens)} tokens but the context holds {ctx.n_ctx}")
-            sampler = build_sampler(cfg, self.vocab, grammar)
+            g = Generation.from_config(self.vocab, cfg, tokens, ctx.n_ctx, grammar)
             self._cancel.reset()
-            yield from stream_generate(
-                ctx, sampler, tokens, cfg.max_tokens, stop=cfg.stop_sequences, stats=stats, cache=self._cache,
-                cancel=self._cancel, ignore_eos=cfg.ignore_eos,
-                logprobs=(cfg.top_logprobs if cfg.logprobs else None), logits_processor=cfg.logits_processor)
+            yield from run_sequence(ctx, g, tokens, cache=self._cache, cancel=self._cancel)
         finally:
-            if sampler is not None:
-                sampler.close()
-            self.last_stats = GenerationStats(
-                prompt_tokens=stats.prompt_tokens, generated_tokens=stats.generated_tokens,
-                total_time=stats.total_time, tokens_per_second=stats.tokens_per_second,
-                prompt_time=stats.prompt_time, generation_time=stats.generation_time,
-                time_to_first_token=stats.time_to_first_token,
-                prompt_tokens_per_second=stats.prompt_tokens_per_second, cached_tokens=stats.cached_tokens,
-                finish_reason=stats.finish_reason or "stop")
-            if self.verbose:
-                print(f"[cyllama] {self.last_stats}")
-            self._release()
+            if g is not None:
+                g.close()
+                self.last_stats = g.stats()
+                if self.verbose:
+                    print(f"[cyllama] {self.last_stats}")
+            self._guard.release()
 
     def __call__(self, prompt: str | Sequence[int], config: GenerationConfig | None = None, stream: bool = False,
                  on_token: Callable[[str], None] | None = None, **kwargs: Any) -> str | Iterator[str]:
@@ -272,17 +240,22 @@ class LLM:
         return "".join(_texts(chunks, on_token))
 
     # -- embeddings ------------------------------------------------------------------------
-    def embed(self, texts: str | Sequence[str], pooling: str = "mean", normalize: bool = True,
+    def embed(self, texts: str | Sequence[str], pooling: str | None = None, normalize: bool = True,
               truncate: bool = False) -> np.ndarray | list[np.ndarray]:
         """Embedding of a string (1-D array) or of each string in a list (2-D array, batched).
 
-        ``pooling``: "mean", "cls", "last", or "none" (a (n_tokens, n_embd) array per text).
+        ``pooling``: "mean", "cls", "last", "rank", or "none" (a (n_tokens, n_embd) array per text);
+        None (the default) is the model's own pooling, or "mean" for a generative model.
         """
-        key = (pooling, bool(normalize))
+        return self.embedder(pooling, normalize).embed(texts, add_bos=True, truncate=truncate)
+
+    def embedder(self, pooling: str | None = None, normalize: bool = True) -> Embedder:
+        """The :class:`Embedder` (its own context) this LLM uses for ``pooling``, made on first use."""
+        key = (pooling or model_pooling(self.model), bool(normalize))
         emb = self._embedders.get(key)
         if emb is None:
-            emb = self._embedders[key] = Embedder(self.model, pooling, normalize, n_threads=self.config.n_threads)
-        return emb.embed(texts, add_bos=True, truncate=truncate)
+            emb = self._embedders[key] = Embedder(self.model, key[0], normalize, n_threads=self.config.n_threads)
+        return emb
 
     # -- lifecycle -------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -291,8 +264,7 @@ class LLM:
 
     def close(self) -> None:
         """Frees the context(s) and the model. Idempotent."""
-        if self._active is not None and self._owner == threading.get_ident():
-            self._active.close()
+        self._guard.close_active()
         for e in self._embedders.values():
             e.close()
         self._embedders.clear()

@@ -126,12 +126,12 @@ def _serve(args: argparse.Namespace) -> int:
     model_path = args.model or _assets.default_model_path()
     kw = dict(n_ctx=args.n_ctx or 2048, n_gpu_layers=args.n_gpu_layers, n_parallel=args.parallel,
               n_threads=args.threads or None, api_key=args.api_key or None, max_queue=args.max_queue,
-              model_alias=args.alias)
+              model_alias=args.alias, cors_origins=args.cors_origin or None)
     if args.mongoose:
         import signal
         import threading
 
-        from .llama.server.mongoose_server import MongooseServer
+        from .server.mongoose_server import MongooseServer
 
         server = MongooseServer(model_path, args.host, args.port, **kw).start()
         print(f"cyllama: serving {server.service.model_id} with Mongoose on {server.base_url} (Ctrl-C to stop)",
@@ -144,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
             pass
         server.stop()
         return 0
-    from .llama.server.embedded import start_server
+    from .server.embedded import start_server
 
     start_server(model_path, args.host, args.port, **kw)
     return 0
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require Authorization: Bearer KEY (default: $CYLLAMA_API_KEY)")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
     s.add_argument("--alias", help="model id reported to clients")
+    s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="let browser pages from ORIGIN call the server (repeatable; '*' for any; off by default)")
     s.add_argument("--mongoose", action="store_true", help="serve with the Mongoose C event loop (cymongoose)")
     s.set_defaults(fn=_serve)
     return ap

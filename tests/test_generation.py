@@ -320,7 +320,7 @@ def test_chat_uses_the_models_template(llm) -> None:
 def test_json_response_format_and_schema(llm) -> None:
     import json
 
-    msgs = [{"role": "user", "content": "Describe a cat as JSON."}]
+    msgs = [{"role": "user", "content": "Describe a cat as JSON with the keys name and age."}]
     out = llm.chat(msgs, max_tokens=100, response_format={"type": "json_object"})
     assert isinstance(json.loads(out), dict)
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},

@@ -135,8 +135,10 @@ def test_openai_embeddings(client, llm):
     b = client.embeddings.create(input="hello world", encoding_format="base64", dimensions=64)
     vec = np.frombuffer(base64.b64decode(b.data[0].embedding), dtype="<f4")
     assert vec.shape == (64,) and abs(np.linalg.norm(vec) - 1) < 1e-3
+    ids = client.embeddings.create(input=[llm.tokenize("hello world")])  # token ids, as OpenAI takes them
+    assert np.allclose(ids.data[0].embedding, e.data[0].embedding, atol=1e-4)
     with pytest.raises(ValueError):
-        client.embeddings.create(input=[1, 2, 3])
+        client.embeddings.create(input=[10**9])
 
 
 def test_openai_client_owns_model(model_path):

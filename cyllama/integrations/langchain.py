@@ -66,32 +66,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without langchai
 from .._config import GenerationConfig
 from .._engine import Engine
 from .._llm import LLM, _grammar_for
-from .openai_compat import (
-    forced_tool_names,
-    model_guard,
-    new_call_id,
-    parse_tool_calls,
-    prepare_tool_messages,
-    tool_call_schema,
-)
+from .._openai.schema import ChatCompletionRequest, parse_request
+from .._openai.tools import forced_tool_names, new_call_id
+from .openai_compat import run_on, service_for
 
 __all__ = ["CyllamaLLM", "ChatCyllama", "CyllamaEmbeddings"]
 
 _CTX_STEP = 256
+_IGNORED_PARAMS = frozenset({"timeout", "request_timeout", "max_retries", "api_key", "base_url"})
 _ENGINE_MIN_CTX = 512
-
-
-def _guarded(llm: LLM, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-    """An iterator over ``make()`` that holds the model's guard while it runs."""
-    holder: list[Any] = []
-
-    def run() -> Iterator[Any]:
-        with model_guard(llm).hold(holder[0]):
-            yield from make()
-
-    gen = run()
-    holder.append(gen)
-    return gen
 
 
 def _stats_info(llm: LLM, finish: str | None) -> dict[str, Any]:
@@ -119,6 +102,25 @@ class _CyllamaBase(BaseModel):
 
     _llm: Any = PrivateAttr(default=None)
     _load_lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_fields(cls, values: Any) -> Any:
+        """A misspelled argument is an error, not silently ignored (the connection options LangChain's
+        standard parameters include, which mean nothing in-process, are accepted)."""
+        if isinstance(values, Mapping):
+            known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+            unknown = [k for k in values if k not in known and k not in _IGNORED_PARAMS]
+            if unknown:
+                import difflib
+
+                hints = []
+                for k in unknown:
+                    close = difflib.get_close_matches(k, sorted(known), n=1)
+                    hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise ValueError(f"{cls.__name__} got unknown argument{'s' if len(unknown) > 1 else ''} "
+                                 + ", ".join(hints))
+        return values
 
     @model_validator(mode="after")
     def _check_source(self) -> Any:
@@ -236,19 +238,17 @@ class CyllamaLLM(_CyllamaBase, _GenerationFields, _LangChainLLM):
             return Generation(text=acc.text if acc else "", generation_info=acc.generation_info if acc else None)
         llm = self._get_llm()
         opts = self._config_kwargs(stop, kwargs)
-        with model_guard(llm).hold():
-            parts, finish = [], None
-            for ch in llm.stream(prompt, **opts):
-                parts.append(ch.text)
-                finish = ch.finish_reason or finish
-            info = _stats_info(llm, finish)
-        return Generation(text="".join(parts), generation_info=info)
+        parts, finish = [], None
+        for ch in llm.stream(prompt, wait=True, **opts):
+            parts.append(ch.text)
+            finish = ch.finish_reason or finish
+        return Generation(text="".join(parts), generation_info=_stats_info(llm, finish))
 
     def _stream(self, prompt: str, stop: Optional[list[str]] = None,
                 run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> Iterator[GenerationChunk]:
         llm = self._get_llm()
         opts = self._config_kwargs(stop, kwargs)
-        chunks = llm.stream(prompt, **opts)  # tokenizes now: bad input raises before the first chunk
+        chunks = llm.stream(prompt, wait=True, **opts)  # tokenizes now: bad input raises before the first chunk
 
         def run() -> Iterator[GenerationChunk]:
             for ch in chunks:
@@ -262,7 +262,7 @@ class CyllamaLLM(_CyllamaBase, _GenerationFields, _LangChainLLM):
                     run_manager.on_llm_new_token(out.text, chunk=out)
                 yield out
 
-        return _guarded(llm, run)
+        return run()
 
     # -- several prompts: the batching engine --------------------------------------------------
     def _generate(self, prompts: list[str], stop: Optional[list[str]] = None,
@@ -347,7 +347,14 @@ class CyllamaLLM(_CyllamaBase, _GenerationFields, _LangChainLLM):
 # =============================================================================================
 # ChatCyllama: chat model
 # =============================================================================================
-def _text_content(content: Any, where: str) -> str:
+_CALL_BLOCKS = frozenset({"tool_call", "tool_call_chunk", "tool_use", "function_call", "invalid_tool_call",
+                          "server_tool_call", "server_tool_result", "reasoning", "thinking"})
+
+
+def _text_content(content: Any, where: str, assistant: bool = False) -> str:
+    """The text of a message's content; an assistant's tool-call and reasoning blocks (LangChain's
+    ``output_version="v1"`` content, Anthropic-style ``tool_use``) are skipped, since its
+    ``tool_calls`` carry the calls."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -358,6 +365,8 @@ def _text_content(content: Any, where: str) -> str:
             parts.append(block)
         elif isinstance(block, Mapping) and block.get("type") == "text":
             parts.append(str(block.get("text", "")))
+        elif assistant and isinstance(block, Mapping) and block.get("type") in _CALL_BLOCKS:
+            continue
         else:
             kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
             raise ValueError(f"{where}: content block of type {kind!r} cannot be given to a text model")
@@ -369,13 +378,13 @@ def messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         where = f"message {i} ({type(m).__name__})"
-        content = _text_content(m.content, where)
+        content = _text_content(m.content, where, isinstance(m, AIMessage))
         if isinstance(m, SystemMessage):
             out.append({"role": "system", "content": content})
         elif isinstance(m, HumanMessage):
             out.append({"role": "user", "content": content})
         elif isinstance(m, AIMessage):
-            d: dict[str, Any] = {"role": "assistant", "content": content}
+            d: dict[str, Any] = {"role": "assistant", "content": content or None}
             if m.tool_calls:
                 d["tool_calls"] = [
                     {"id": tc.get("id") or new_call_id(), "type": "function",
@@ -417,88 +426,75 @@ class ChatCyllama(_CyllamaBase, _GenerationFields, BaseChatModel):
     def _get_ls_params(self, stop: Optional[list[str]] = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "cyllama"
-        params["ls_model_name"] = self.model_path or ""
+        params["ls_model_name"] = kwargs.get("model") or self.model_path or ""
         return params
 
-    # -- requests ----------------------------------------------------------------------------
-    def _request(self, messages: Sequence[BaseMessage], stop: Optional[list[str]],
-                 kwargs: dict[str, Any]) -> dict[str, Any]:
+    # -- requests: through cyllama's one OpenAI layer ----------------------------------------
+    def _plan(self, messages: Sequence[BaseMessage], stop: Optional[list[str]], kwargs: dict[str, Any],
+              stream: bool) -> tuple[LLM, Any]:
         kwargs = dict(kwargs)
+        body: dict[str, Any] = {"messages": messages_to_dicts(messages), "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
         tools = kwargs.pop("tools", None)
-        tool_choice = kwargs.pop("tool_choice", None)
-        response_format = kwargs.pop("response_format", None)
-        for k in ("ls_structured_output_format", "structured_output_format", "parallel_tool_calls", "strict"):
+        if tools is not None:
+            body["tools"] = [convert_to_openai_tool(t) for t in tools]
+        for k in ("tool_choice", "response_format"):
+            v = kwargs.pop(k, None)
+            if v is not None:
+                body[k] = v
+        for k in ("ls_structured_output_format", "structured_output_format", "parallel_tool_calls", "strict",
+                  "model"):
             kwargs.pop(k, None)
         llm = self._get_llm()
-        opts = self._config_kwargs(stop, kwargs)
-        if tools is not None:
-            tools = [convert_to_openai_tool(t) for t in tools]
-        forced = forced_tool_names(tool_choice, tools)
-        active = None if tool_choice == "none" else tools
-        msgs, template_tools = prepare_tool_messages(llm, messages_to_dicts(messages), active, forced)
-        if forced:
-            if response_format is not None or opts.get("grammar") or opts.get("json_schema"):
-                raise ValueError("a forced tool_choice cannot be combined with response_format, grammar or json_schema")
-            opts["json_schema"] = tool_call_schema(tools, forced)  # type: ignore[arg-type]
-        return {"llm": llm, "msgs": msgs, "tools": template_tools, "forced": forced, "opts": opts,
-                "names": [t["function"]["name"] for t in active or []], "response_format": response_format}
+        base = llm.config.replace(**self._config_kwargs(stop, kwargs))
+        req = parse_request(ChatCompletionRequest, body)
+        return llm, service_for(llm).chat(req, base=base)
 
-    def _chunks(self, req: dict[str, Any]) -> Iterator[Any]:
-        return req["llm"].chat_stream(req["msgs"], response_format=req["response_format"], tools=req["tools"],
-                                      **req["opts"])
-
-    def _metadata(self, req: dict[str, Any], finish: Optional[str]) -> tuple[dict[str, Any], Optional[dict[str, int]]]:
-        st = req["llm"].last_stats
-        meta = {"finish_reason": finish or "stop", "model_name": self.model_path}
-        usage = None
-        if st is not None:
-            usage = {"input_tokens": st.prompt_tokens, "output_tokens": st.generated_tokens,
-                     "total_tokens": st.prompt_tokens + st.generated_tokens}
-        return meta, usage
+    def _metadata(self, finish: Optional[str]) -> dict[str, Any]:
+        return {"finish_reason": finish or "stop", "model_name": self.model_path}
 
     @staticmethod
-    def _tool_calls(text: str, req: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
-        """(content, tool_calls, invalid_tool_calls) of a finished answer."""
-        if req["forced"]:
+    def _usage(u: Optional[Mapping[str, int]]) -> Optional[dict[str, int]]:
+        if not u:
+            return None
+        return {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"],
+                "total_tokens": u["total_tokens"]}
+
+    @staticmethod
+    def _calls(tool_calls: Optional[Sequence[Mapping[str, Any]]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(tool_calls, invalid_tool_calls) of OpenAI ``tool_calls`` (JSON-text arguments)."""
+        calls, invalid = [], []
+        for tc in tool_calls or []:
+            fn = tc["function"]
             try:
-                obj = json.loads(text)
-                if not isinstance(obj, dict) or not isinstance(obj.get("arguments"), dict):
-                    raise ValueError("not a call object")
-                return "", [{"name": obj["name"], "args": obj["arguments"], "id": new_call_id(),
-                             "type": "tool_call"}], []
-            except (ValueError, KeyError) as exc:  # cut off by max_tokens
-                return "", [], [{"name": req["forced"][0] if len(req["forced"]) == 1 else None, "args": text,
-                                 "id": new_call_id(), "error": f"the call is not complete JSON ({exc})",
-                                 "type": "invalid_tool_call"}]
-        if req["names"]:
-            found, rest = parse_tool_calls(text, req["names"])
-            if found:
-                return rest, [{"name": n, "args": a, "id": new_call_id(), "type": "tool_call"} for n, a in found], []
-        return text, [], []
+                args = json.loads(fn["arguments"])
+                if not isinstance(args, dict):
+                    raise ValueError("the arguments are not a JSON object")
+                calls.append({"name": fn["name"], "args": args, "id": tc["id"], "type": "tool_call"})
+            except ValueError as exc:  # cut off by max_tokens
+                invalid.append({"name": fn["name"], "args": fn["arguments"], "id": tc["id"],
+                                "error": f"the call is not complete JSON ({exc})", "type": "invalid_tool_call"})
+        return calls, invalid
 
     def _generate(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
                   run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> ChatResult:
-        req = self._request(messages, stop, kwargs)
-        llm = req["llm"]
-        with model_guard(llm).hold():
-            parts, finish = [], None
-            for ch in self._chunks(req):
-                parts.append(ch.text)
-                finish = ch.finish_reason or finish
-            meta, usage = self._metadata(req, finish)
-        content, calls, invalid = self._tool_calls("".join(parts), req)
-        if calls and meta["finish_reason"] == "stop":
-            meta["finish_reason"] = "tool_calls"
-        msg = AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid, usage_metadata=usage,
-                        response_metadata=meta)
+        llm, plan = self._plan(messages, stop, kwargs, stream=False)
+        out = run_on(llm, plan)
+        choice = out["choices"][0]
+        msg_in = choice["message"]
+        calls, invalid = self._calls(msg_in.get("tool_calls"))
+        meta = self._metadata(choice["finish_reason"])
+        usage = self._usage(out.get("usage"))
+        msg = AIMessage(content=msg_in.get("content") or "", tool_calls=calls, invalid_tool_calls=invalid,
+                        usage_metadata=usage, response_metadata=meta)
         gen = ChatGeneration(message=msg, generation_info={"finish_reason": meta["finish_reason"]})
-        return ChatResult(generations=[gen], llm_output={"token_usage": usage, "model_name": self.model_path})
+        return ChatResult(generations=[gen], llm_output={"token_usage": out.get("usage"), "model_name": self.model_path})
 
     def _stream(self, messages: list[BaseMessage], stop: Optional[list[str]] = None,
                 run_manager: Optional[CallbackManagerForLLMRun] = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        req = self._request(messages, stop, kwargs)
-        llm = req["llm"]
-        chunks = self._chunks(req)  # renders and tokenizes now: bad input raises before the first chunk
+        llm, plan = self._plan(messages, stop, kwargs, stream=True)  # bad input raises before the first chunk
+        chunks = run_on(llm, plan)
 
         def emit(chunk: ChatGenerationChunk) -> ChatGenerationChunk:
             if run_manager is not None:
@@ -506,34 +502,26 @@ class ChatCyllama(_CyllamaBase, _GenerationFields, BaseChatModel):
             return chunk
 
         def run() -> Iterator[ChatGenerationChunk]:
-            if req["forced"] or req["names"]:  # calls are only known once the whole answer is there
-                parts, finish = [], None
-                for ch in chunks:
-                    parts.append(ch.text)
-                    finish = ch.finish_reason or finish
-                meta, usage = self._metadata(req, finish)
-                content, calls, invalid = self._tool_calls("".join(parts), req)
-                if calls and meta["finish_reason"] == "stop":
-                    meta["finish_reason"] = "tool_calls"
-                tcc = [{"name": c["name"], "args": json.dumps(c["args"], ensure_ascii=False), "id": c["id"],
-                        "index": i, "type": "tool_call_chunk"} for i, c in enumerate(calls)]
-                tcc += [{"name": c["name"], "args": c["args"], "id": c["id"], "index": len(tcc) + i,
-                         "type": "tool_call_chunk"} for i, c in enumerate(invalid)]
-                yield emit(ChatGenerationChunk(
-                    message=AIMessageChunk(content=content, tool_call_chunks=tcc, usage_metadata=usage,
-                                           response_metadata=meta),
-                    generation_info={"finish_reason": meta["finish_reason"]}))
-                return
-            for ch in chunks:
-                if ch.finish_reason is not None:
-                    meta, usage = self._metadata(req, ch.finish_reason)
+            for obj in chunks:
+                if not obj["choices"]:  # the closing usage chunk
+                    yield emit(ChatGenerationChunk(message=AIMessageChunk(
+                        content="", usage_metadata=self._usage(obj.get("usage")))))
+                    continue
+                choice = obj["choices"][0]
+                delta, finish = choice["delta"], choice["finish_reason"]
+                tcc = [{"name": tc["function"].get("name"), "args": tc["function"].get("arguments"),
+                        "id": tc.get("id"), "index": tc["index"], "type": "tool_call_chunk"}
+                       for tc in delta.get("tool_calls") or []]
+                text = delta.get("content") or ""
+                if finish is not None:
+                    meta = self._metadata(finish)
                     yield emit(ChatGenerationChunk(
-                        message=AIMessageChunk(content=ch.text, usage_metadata=usage, response_metadata=meta),
+                        message=AIMessageChunk(content=text, tool_call_chunks=tcc, response_metadata=meta),
                         generation_info={"finish_reason": meta["finish_reason"]}))
-                elif ch.text:
-                    yield emit(ChatGenerationChunk(message=AIMessageChunk(content=ch.text)))
+                elif text or tcc:
+                    yield emit(ChatGenerationChunk(message=AIMessageChunk(content=text, tool_call_chunks=tcc)))
 
-        return _guarded(llm, run)
+        return run()
 
     # -- tools and structured output -----------------------------------------------------------
     def bind_tools(self, tools: Sequence[Union[dict[str, Any], type, Callable[..., Any], Any]], *,
@@ -603,7 +591,9 @@ class ChatCyllama(_CyllamaBase, _GenerationFields, BaseChatModel):
 def _json_schema_of(schema: Any) -> tuple[dict[str, Any], str]:
     """(JSON schema, name) of a pydantic class, TypedDict, OpenAI tool/function dict or JSON schema."""
     if isinstance(schema, type) and is_basemodel_subclass(schema):
-        return schema.model_json_schema(), schema.__name__
+        if hasattr(schema, "model_json_schema"):
+            return schema.model_json_schema(), schema.__name__
+        return schema.schema(), schema.__name__  # a pydantic.v1 model
     if isinstance(schema, Mapping):
         if "function" in schema or ("name" in schema and "parameters" in schema):
             fn = convert_to_openai_tool(dict(schema))["function"]
@@ -629,7 +619,7 @@ class CyllamaEmbeddings(_CyllamaBase, Embeddings):
         if not texts:
             return []
         llm = self._get_llm()
-        with model_guard(llm).hold():
+        with llm._guard.hold(blocking=True):
             vecs = llm.embed(list(texts), pooling=self.pooling, normalize=self.normalize, truncate=self.truncate)
         return [[float(x) for x in v] for v in vecs]
 

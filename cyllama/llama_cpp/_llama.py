@@ -24,7 +24,7 @@ from .. import _logging
 from .._config import GenerationConfig, build_sampler
 from .._errors import ModelLoadError
 from .._ffi import ffi
-from .._generation import reuse_prefix
+from .._generation import reuse_prefix, sample_token
 from ..llama._backend import default_n_threads, lib, system_info
 from ..llama.batch import LlamaBatch
 from ..llama.context import LlamaContext, LlamaContextParams
@@ -540,13 +540,8 @@ class Llama(CompletionMixin):
 
     def _sample_token(self, sampler: LlamaSampler, logits_processor: Any, idx: int = -1,
                       n_seen: Optional[int] = None) -> int:
-        ctx = self._ctx
-        if logits_processor is not None:
-            logits = ctx.get_logits_ith(idx)
-            out = logits_processor(self.input_ids[: self.n_tokens if n_seen is None else n_seen], logits)
-            if out is not None and out is not logits:
-                logits[:] = out
-        return sampler.sample(ctx, idx)
+        ids = self.input_ids[: self.n_tokens if n_seen is None else n_seen] if logits_processor is not None else None
+        return sample_token(self._ctx, sampler, idx, ids, None, logits_processor)[0]
 
     def sample(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
                temp: float = 0.80, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,

@@ -1,39 +1,20 @@
-"""OpenAI-compatible servers.
+"""The reference's import path for the servers, which live in :mod:`cyllama.server`.
 
-* :mod:`.embedded`: a FastAPI app on cyllama's continuous-batching engine, run by uvicorn
-  (``EmbeddedServer``, ``start_server``).
-* :mod:`.mongoose_server`: the same app served by the Mongoose C event loop (``MongooseServer``;
-  needs the optional ``cymongoose`` package).
-* :mod:`.launcher`: ``ServerLauncher`` runs llama.cpp's own ``llama-server`` binary.
-
-Names are resolved lazily so that importing the package costs nothing.
+``cyllama.llama.server.embedded.start_server``, ``...mongoose_server.MongooseServer`` and
+``...launcher.ServerLauncher`` are thin re-exports: the servers are a layer above the high-level
+API, and nothing else in ``cyllama.llama`` imports from above it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __all__ = ["ServerLauncher", "EmbeddedServer", "start_server", "create_app", "MongooseServer"]
 
-_LAZY = {"ServerLauncher": ".launcher", "EmbeddedServer": ".embedded", "start_server": ".embedded",
-         "create_app": ".embedded", "MongooseServer": ".mongoose_server"}
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .embedded import EmbeddedServer, create_app, start_server
-    from .launcher import ServerLauncher
-    from .mongoose_server import MongooseServer
-
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
+    if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    import cyllama.server
 
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return getattr(cyllama.server, name)

@@ -1,0 +1,114 @@
+"""A model served to many clients: the continuous-batching engine generates, one embedder embeds,
+and the one OpenAI layer (:mod:`cyllama._openai`) turns requests into engine jobs and chunks into
+OpenAI JSON. Independent of the web framework."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Mapping
+
+from .._embedding import Embedder
+from .._engine import Engine, EngineRequest, QueueFullError
+from .._generation import GenerationChunk
+from .._openai.schema import InvalidRequestError
+from .._openai.service import Job, OpenAIService, server_defaults
+from ..llama.model import LlamaModel, LlamaModelParams
+
+__all__ = ["ApiError", "ModelService"]
+
+ApiError = InvalidRequestError  # an error to send as {"error": {...}} with its HTTP status
+
+
+class ModelService:
+    """The engine, the embedder and the OpenAI layer for one model."""
+
+    def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 2048, n_gpu_layers: int = 99,
+                 n_parallel: int = 4, n_threads: int | None = None, max_queue: int = 64,
+                 model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None):
+        self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers))
+        try:
+            self.vocab = self.model.get_vocab()
+            self.engine = Engine(self.model, n_slots=n_parallel, n_ctx=n_ctx, n_batch=n_batch, max_queue=max_queue,
+                                 n_threads=n_threads)
+        except BaseException:
+            self.model.close()
+            raise
+        self.model_id = model_alias or self.model.path.name
+        self.n_threads = n_threads
+        self._embedder: Embedder | None = None
+        self._embed_lock = threading.Lock()
+        self.openai = OpenAIService(
+            self.model, n_ctx=self.engine.n_ctx_slot, base=server_defaults(self.engine.n_ctx_slot),
+            model_id=self.model_id, model_ids=(self.model.path.name, self.model.path.stem, str(self.model.path)),
+            strict_model=True, chat_template=chat_template, embed=self._embed)
+        self.counters = {"http_requests_total": 0, "http_errors_total": 0, "client_disconnects_total": 0}
+
+    def _embed(self, token_lists: list[list[int]]) -> Any:
+        with self._embed_lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.model, None, True, n_threads=self.n_threads)
+            return self._embedder.embed_tokens(token_lists)
+
+    def submit(self, job: Job, on_chunk: Callable[[GenerationChunk], None]) -> EngineRequest:
+        try:
+            return self.engine.submit(job.tokens, job.config, job.grammar, on_chunk=on_chunk)
+        except QueueFullError as exc:
+            raise ApiError(str(exc), None, 503, "queue_full", "server_overloaded") from None
+        except ValueError as exc:
+            raise ApiError(str(exc)) from None
+
+    # -- llama.cpp's token routes ----------------------------------------------------------
+    def piece(self, token: int) -> str:
+        return self.openai.piece(token)
+
+    def tokenize(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise ApiError("content must be a string", "content")
+        toks = self.vocab.tokenize(content, add_special=bool(body.get("add_special", False)),
+                                   parse_special=bool(body.get("parse_special", True)))
+        if body.get("with_pieces"):
+            return {"tokens": [{"id": t, "piece": self.piece(t)} for t in toks]}
+        return {"tokens": toks}
+
+    def detokenize(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        toks = body.get("tokens")
+        if not isinstance(toks, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in toks):
+            raise ApiError("tokens must be a list of integers", "tokens")
+        try:
+            self.vocab.check_tokens(toks)
+        except ValueError as exc:
+            raise ApiError(str(exc), "tokens") from None
+        return {"content": self.vocab.detokenize(toks) if toks else ""}
+
+    def metrics_text(self) -> str:
+        m = dict(self.engine.metrics)
+        lines = []
+
+        def put(name: str, kind: str, value: float, help_: str) -> None:
+            lines.extend([f"# HELP cyllama_{name} {help_}", f"# TYPE cyllama_{name} {kind}", f"cyllama_{name} {value}"])
+
+        put("requests_total", "counter", m["requests_total"], "Generation requests accepted by the engine")
+        put("requests_finished_total", "counter", m["requests_finished"], "Generations that finished")
+        put("requests_cancelled_total", "counter", m["requests_cancelled"], "Generations cancelled (disconnects)")
+        put("requests_failed_total", "counter", m["requests_failed"], "Generations that failed")
+        put("prompt_tokens_total", "counter", m["prompt_tokens_total"], "Prompt tokens received")
+        put("prompt_tokens_cached_total", "counter", m["cached_prompt_tokens_total"],
+            "Prompt tokens reused from the KV cache")
+        put("tokens_generated_total", "counter", m["generated_tokens_total"], "Tokens generated")
+        put("decode_steps_total", "counter", m["decode_steps_total"], "llama_decode calls by the engine")
+        put("slots_busy", "gauge", self.engine.busy_slots, "Slots generating now")
+        put("slots_total", "gauge", self.engine.n_slots, "Slots")
+        put("queue_length", "gauge", self.engine.queue_length, "Requests waiting for a slot")
+        put("http_requests_total", "counter", self.counters["http_requests_total"], "HTTP requests")
+        put("http_errors_total", "counter", self.counters["http_errors_total"], "HTTP error responses")
+        put("client_disconnects_total", "counter", self.counters["client_disconnects_total"],
+            "Clients that went away before their answer was complete")
+        return "\n".join(lines) + "\n"
+
+    def close(self) -> None:
+        self.engine.close()
+        if self._embedder is not None:
+            self._embedder.close()
+        self.model.close()

@@ -1,0 +1,385 @@
+"""The embedded OpenAI-compatible server: a FastAPI app over the continuous-batching engine.
+
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both stream as Server-Sent Events
+ending in ``data: [DONE]``), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``,
+``GET /metrics`` (Prometheus text), ``POST /tokenize``, ``POST /detokenize``.
+
+Requests never wait behind a global lock: each one is a sequence in the engine, and its handler
+awaits the engine's chunks on an asyncio queue. A client that disconnects cancels its sequence.
+Binds to 127.0.0.1 by default; with ``api_key`` every route but ``/health`` needs
+``Authorization: Bearer <key>``.
+
+    from cyllama.server.embedded import start_server   # or cyllama.llama.server.embedded
+    start_server("model.gguf", port=8000)          # blocks; Ctrl-C stops it gracefully
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import threading
+import time
+from typing import Any, AsyncIterator
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+except ImportError:  # pragma: no cover
+    raise ImportError("the embedded server needs FastAPI and uvicorn: pip install 'cyllama[server]'") from None
+
+from .._generation import GenerationChunk
+from .._openai.schema import InvalidRequestError
+from .._openai.service import Plan
+from ._service import ApiError, ModelService
+
+__all__ = ["create_app", "EmbeddedServer", "start_server"]
+
+_POLL = 0.25  # seconds between checks for a client that went away
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def create_app(service: ModelService, api_key: str | None = None, close_service: bool = False,
+               cors_origins: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+    """The FastAPI application serving ``service``. ``cors_origins`` (off by default, since the
+    server may hold an API key) lets browser pages from those origins call it."""
+    from contextlib import asynccontextmanager
+
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        yield
+        if close_service:
+            await asyncio.get_running_loop().run_in_executor(None, service.close)
+
+    app = FastAPI(title="cyllama", description="OpenAI-compatible server on llama.cpp", lifespan=lifespan)
+    app.state.service = service
+    oa = service.openai
+
+    def error(exc: InvalidRequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    app.add_middleware(_Guard, service=service, api_key=api_key, max_body_bytes=max_body_bytes)
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.exception_handler(InvalidRequestError)
+    async def api_error(_request: Request, exc: InvalidRequestError) -> JSONResponse:
+        return error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        msg = (f"Unknown request URL: {request.method} {request.url.path}" if exc.status_code == 404 else
+               f"Method {request.method} is not allowed for {request.url.path}" if exc.status_code == 405 else
+               str(exc.detail))
+        return error(InvalidRequestError(msg, None, exc.status_code, type_=kind))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        e = (exc.errors() or [{}])[0]
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        return error(InvalidRequestError(f"invalid value for '{where}': {e.get('msg', 'invalid')}", where or None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
+        return error(InvalidRequestError(f"internal error: {type(exc).__name__}: {exc}", None, 500,
+                                         type_="server_error"))
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError("the request body must be a JSON object")
+        return body
+
+    def sse(obj: Any) -> bytes:
+        return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+    def start(plan: Plan) -> tuple[asyncio.Queue, list[Any]]:
+        """Submits every job of ``plan`` to the engine; their chunks arrive on one queue as (index, chunk)."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        reqs: list[Any] = []
+
+        def on_chunk_for(i: int) -> Any:
+            def on_chunk(c: GenerationChunk) -> None:  # runs on the engine thread
+                try:
+                    loop.call_soon_threadsafe(q.put_nowait, (i, c))
+                except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+                    pass
+            return on_chunk
+
+        try:
+            for job in plan.jobs:
+                reqs.append(service.submit(job, on_chunk_for(job.index)))
+        except BaseException:
+            for r in reqs:
+                r.cancel()
+            raise
+        return q, reqs
+
+    async def next_item(request: Request, q: asyncio.Queue, last: list[float]) -> tuple[int, GenerationChunk] | None:
+        """The next (index, chunk), or None once the client has gone (some ASGI servers only tell
+        through ``receive``, not by failing ``send``, so look there every quarter second)."""
+        while True:
+            now = time.monotonic()
+            if now - last[0] > _POLL:
+                last[0] = now
+                if await request.is_disconnected():
+                    return None
+            try:
+                return q.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+            try:
+                return await asyncio.wait_for(q.get(), _POLL)
+            except asyncio.TimeoutError:
+                continue
+
+    async def events(request: Request, plan: Plan, q: asyncio.Queue, reqs: list[Any]) -> AsyncIterator[dict]:
+        """The plan's output, as the assembler makes it; raises ApiError for a failed generation."""
+        asm = plan.assembler
+        pending = len(reqs)
+        last = [time.monotonic()]
+        while pending:
+            item = await next_item(request, q, last)
+            if item is None:
+                raise ConnectionResetError("client disconnected")
+            i, c = item
+            if c.finish_reason == "error":
+                raise ApiError(f"generation failed: {reqs[i].error}", None, 500, type_="server_error")
+            for obj in asm.on_chunk(i, c):
+                yield obj
+            if c.finish_reason is not None:
+                pending -= 1
+                for obj in asm.on_end(i, c.finish_reason, len(reqs[i].completion_tokens)):
+                    yield obj
+
+    async def answer(request: Request, plan: Plan) -> Any:
+        q, reqs = start(plan)
+        asm = plan.assembler
+        if not plan.stream:
+            try:
+                async for _ in events(request, plan, q, reqs):
+                    pass
+            except ConnectionResetError:
+                service.counters["client_disconnects_total"] += 1
+                raise ApiError("client disconnected", None, 499) from None
+            finally:
+                for r in reqs:
+                    r.cancel()  # a no-op for finished ones; frees the rest if we bailed out
+            return asm.response()
+
+        async def stream() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                for job in plan.jobs:
+                    for obj in asm.opening(job.index):
+                        yield sse(obj)
+                try:
+                    async for obj in events(request, plan, q, reqs):
+                        yield sse(obj)
+                except ApiError as exc:
+                    yield sse(exc.body())
+                    return
+                for obj in asm.closing():
+                    yield sse(obj)
+                yield b"data: [DONE]\n\n"
+                done = True
+            except ConnectionResetError:
+                return
+            finally:
+                if not done:
+                    for r in reqs:
+                        r.cancel()
+                    service.counters["client_disconnects_total"] += 1
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- routes ----------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok", "slots_busy": service.engine.busy_slots, "slots_total": service.engine.n_slots}
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        return PlainTextResponse(service.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return oa.models()
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> Any:
+        return oa.model_info(model_id)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Any:
+        return service.tokenize(await body_of(request))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Any:
+        return service.detokenize(await body_of(request))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        body = await body_of(request)
+        return await asyncio.get_running_loop().run_in_executor(None, oa.embeddings, body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await answer(request, oa.chat(await body_of(request)))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await answer(request, oa.completion(await body_of(request)))
+
+    return app
+
+
+class _Guard:
+    """Plain ASGI middleware (BaseHTTPMiddleware would hide client disconnects from streaming
+    handlers): counts requests and errors, and checks the API key on every route but /health."""
+
+    def __init__(self, app: Any, service: ModelService, api_key: str | None, max_body_bytes: int = MAX_BODY_BYTES):
+        self.app, self.service, self.api_key, self.max_body = app, service, api_key, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        counters = self.service.counters
+        counters["http_requests_total"] += 1
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > self.max_body:
+                counters["http_errors_total"] += 1
+                err = ApiError(f"the request body is larger than {self.max_body} bytes", None, 413)
+                await JSONResponse(err.body(), status_code=413)(scope, receive, send)
+                return
+        if self.api_key and scope.get("path") != "/health" and scope.get("method") != "OPTIONS":
+            auth = ""
+            for k, v in scope.get("headers", []):
+                if k == b"authorization":
+                    auth = v.decode("latin-1")
+            given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+            if not given or not hmac.compare_digest(given.encode(), self.api_key.encode()):
+                counters["http_errors_total"] += 1
+                err = ApiError("invalid or missing API key (Authorization: Bearer <key>)", None, 401,
+                               "invalid_api_key", "authentication_error")
+                await JSONResponse(err.body(), status_code=401)(scope, receive, send)
+                return
+
+        async def send_counting(message: dict) -> None:
+            if message["type"] == "http.response.start" and message.get("status", 200) >= 400:
+                counters["http_errors_total"] += 1
+            await send(message)
+
+        await self.app(scope, receive, send_counting)
+
+
+class EmbeddedServer:
+    """Runs the app with uvicorn in a background thread: ``start()``, ``stop()``, or ``with``.
+
+    ``port=0`` picks a free port (see :attr:`port` after ``start()``).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
+                 n_ctx: int = 2048, n_gpu_layers: int = 99, n_parallel: int = 4, n_threads: int | None = None,
+                 api_key: str | None = None, max_queue: int = 64, model_alias: str | None = None,
+                 chat_template: str | None = None, log_level: str = "warning",
+                 cors_origins: list[str] | None = None):
+        self.host, self.port = host, port
+        self.api_key = api_key
+        self.log_level = log_level
+        self.service = ModelService(model_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_parallel=n_parallel,
+                                    n_threads=n_threads, max_queue=max_queue, model_alias=model_alias,
+                                    chat_template=chat_template)
+        self.app = create_app(self.service, api_key, cors_origins=cors_origins)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _make_server(self) -> Any:
+        import uvicorn
+
+        config = uvicorn.Config(self.app, host=self.host, port=self.port, log_level=self.log_level,
+                                timeout_graceful_shutdown=5, access_log=False)
+        return uvicorn.Server(config)
+
+    def start(self, timeout: float = 30.0) -> "EmbeddedServer":
+        if self._thread is not None:
+            raise RuntimeError("the server is already running")
+        self._server = server = self._make_server()
+
+        def run() -> None:
+            try:
+                server.run()
+            except SystemExit:  # uvicorn exits this way when it cannot bind; start() reports it
+                pass
+
+        self._thread = threading.Thread(target=run, name="cyllama-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                self._thread = None
+                raise RuntimeError(f"the server could not start on {self.host}:{self.port} (is the port in use?)")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("the server did not start in time")
+            time.sleep(0.02)
+        if self.port == 0:
+            self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self, close_model: bool = True) -> None:
+        """Stops accepting requests, lets running ones end (5 s grace), frees the model."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(15)
+            self._thread = None
+        if close_model:
+            self.service.close()
+
+    def serve_forever(self) -> None:
+        """Runs in this thread until Ctrl-C (or SIGTERM), then shuts down gracefully."""
+        self._server = self._make_server()
+        try:
+            self._server.run()
+        finally:
+            self.service.close()
+
+    def __enter__(self) -> "EmbeddedServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, n_ctx: int = 2048,
+                 n_gpu_layers: int = 99, *, block: bool = True, **kwargs: Any) -> EmbeddedServer:
+    """Starts the embedded server. Blocks until Ctrl-C unless ``block=False`` (then returns it running).
+
+    Extra keyword arguments: ``n_parallel`` (slots, default 4), ``n_threads``, ``api_key``,
+    ``max_queue``, ``model_alias``, ``chat_template``, ``log_level``, ``cors_origins``.
+    """
+    server = EmbeddedServer(model_path, host, port, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, **kwargs)
+    if not block:
+        return server.start()
+    print(f"cyllama: serving {server.service.model_id} on http://{host}:{port} (Ctrl-C to stop)", flush=True)
+    server.serve_forever()
+    return server
