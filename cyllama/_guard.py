@@ -52,10 +52,6 @@ class GenerationGuard:
         self._owner, self._active = None, None
         self._lock.release()
 
-    def hand_to(self, holder: Any) -> None:
-        """Names the generator that now holds the guard (acquired before it existed)."""
-        self._active = holder
-
     @contextlib.contextmanager
     def hold(self, holder: Any = None, blocking: bool = True) -> Iterator[None]:
         self.acquire(holder, blocking)

@@ -393,7 +393,7 @@ class OpenAIService:
     @staticmethod
     def _seeded(cfg: GenerationConfig, i: int) -> GenerationConfig:
         # each choice its own random stream; a given seed makes all of them reproducible
-        return cfg if i == 0 or cfg.seed in (-1,) else cfg.replace(seed=(cfg.seed + i) & 0xFFFFFFFF)
+        return cfg if i == 0 or cfg.seed == -1 else cfg.replace(seed=(cfg.seed + i) & 0xFFFFFFFF)
 
     # -- chat ------------------------------------------------------------------------------
     def _messages(self, req: ChatCompletionRequest) -> list[dict[str, Any]]:

@@ -42,12 +42,15 @@ def service_for(llm: LLM, model_id: str | None = None) -> OpenAIService:
     """The OpenAI layer over ``llm`` (one per LLM, shared by the wrappers around it)."""
     svc = _SERVICES.get(llm)
     if svc is None:
-        n_ctx = llm.config.n_ctx or llm.model.n_ctx_train or 4096
-        svc = _SERVICES[llm] = OpenAIService(
-            llm.model, n_ctx=n_ctx, base=llm.config, model_id=model_id or llm.model_path.name,
-            model_ids=(llm.model_path.name,), chat_template=llm._template(),
-            embed=lambda toks: _embed(llm, toks), default_completion_tokens=None)
+        svc = _SERVICES[llm] = _new_service(llm, llm.config, model_id or llm.model_path.name)
     return svc
+
+
+def _new_service(llm: LLM, base: Any, model_id: str) -> OpenAIService:
+    n_ctx = llm.config.n_ctx or llm.model.n_ctx_train or 4096
+    return OpenAIService(llm.model, n_ctx=n_ctx, base=base, model_id=model_id, model_ids=(llm.model_path.name,),
+                         chat_template=llm._template(), embed=lambda toks: _embed(llm, toks),
+                         default_completion_tokens=None)
 
 
 def _embed(llm: LLM, token_lists: list[list[int]]) -> Any:
@@ -197,10 +200,7 @@ class OpenAICompatibleClient:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.model = model_name or llm.model_path.name
-        n_ctx = llm.config.n_ctx or llm.model.n_ctx_train or 4096
-        self.service = OpenAIService(llm.model, n_ctx=n_ctx, base=base, model_id=self.model,
-                                     model_ids=(llm.model_path.name,), chat_template=llm._template(),
-                                     embed=lambda toks: _embed(llm, toks), default_completion_tokens=None)
+        self.service = _new_service(llm, base, self.model)
         self.chat = _Chat(self)
         self.completions = Completions(self)
         self.embeddings = Embeddings(self)
