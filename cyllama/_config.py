@@ -72,6 +72,12 @@ class GenerationConfig:
     n_threads: Optional[int] = None
     n_threads_batch: Optional[int] = None
     logits_processor: Optional[Callable[[Any, Any], Any]] = None
+    # speculative decoding by prompt lookup (transformers' names): draft up to this many tokens by
+    # copying what followed an earlier occurrence of the last n-gram (0 = off), optionally also
+    # drawing on a persistent :class:`~cyllama.NgramCache`
+    prompt_lookup_num_tokens: int = 0
+    prompt_lookup_max_ngram: int = 3
+    ngram_cache: Optional[Any] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_sequences, str):
@@ -153,6 +159,13 @@ class GenerationConfig:
         integer("n_threads_batch", 1, 1024, optional=True)
         if self.logits_processor is not None and not callable(self.logits_processor):
             raise ValueError("logits_processor must be callable(input_ids, logits)")
+        integer("prompt_lookup_num_tokens", 0, 1024)
+        integer("prompt_lookup_max_ngram", 1, 8)  # llama.cpp's LLAMA_NGRAM_MAX is 4; more never helps
+        if self.ngram_cache is not None:
+            from ._ngram import NgramCache
+
+            if not isinstance(self.ngram_cache, NgramCache):
+                raise ValueError(f"ngram_cache must be an NgramCache, got {type(self.ngram_cache).__name__}")
 
     # -- deriving --------------------------------------------------------------------------
     @classmethod
@@ -196,13 +209,23 @@ class GenerationStats:
     prompt_tokens_per_second: float = 0.0
     cached_tokens: int = 0
     finish_reason: str = ""
+    #: speculative decoding: tokens proposed by the drafter, and how many the target confirmed
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    acceptance_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.draft_tokens and not self.acceptance_rate:
+            self.acceptance_rate = self.accepted_tokens / self.draft_tokens
 
     def __str__(self) -> str:
         cached = f" ({self.cached_tokens} reused from cache)" if self.cached_tokens else ""
+        drafted = (f" | drafted {self.draft_tokens}, accepted {self.accepted_tokens} "
+                   f"({self.acceptance_rate:.0%})" if self.draft_tokens else "")
         return (f"prompt {self.prompt_tokens} tokens{cached} in {self.prompt_time * 1000:.0f} ms "
                 f"({self.prompt_tokens_per_second:.1f} tok/s) | generated {self.generated_tokens} tokens in "
                 f"{self.generation_time:.2f} s ({self.tokens_per_second:.1f} tok/s) | first token after "
-                f"{self.time_to_first_token * 1000:.0f} ms | finish: {self.finish_reason or '-'}")
+                f"{self.time_to_first_token * 1000:.0f} ms{drafted} | finish: {self.finish_reason or '-'}")
 
     def _repr_html_(self) -> str:  # Jupyter
         rows = "".join(f"<tr><td>{k}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else

@@ -39,6 +39,7 @@ from .llama.vocab import LlamaVocab
 
 if TYPE_CHECKING:
     from ._config import GenerationConfig, GenerationStats
+    from ._speculative import Drafter
 
 __all__ = ["GenerationChunk", "CancelToken", "Generation", "TextStream", "run_sequence", "fit_prompt",
            "generate_step", "stream_generate", "sample_token", "common_prefix", "StreamStats",
@@ -220,7 +221,7 @@ class Generation:
 
     __slots__ = ("vocab", "sampler", "owns_sampler", "text", "max_tokens", "ignore_eos", "n_top", "processor",
                  "_ids", "n_ctx", "prompt_tokens", "cached_tokens", "completion_tokens", "finish_reason",
-                 "t_start", "t_prompt_done", "t_first", "t_end", "_vptr")
+                 "t_start", "t_prompt_done", "t_first", "t_end", "_vptr", "draft_tokens", "accepted_tokens")
 
     def __init__(self, vocab: LlamaVocab, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, n_ctx: int,
                  *, stop: Sequence[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
@@ -237,6 +238,7 @@ class Generation:
         self.prompt_tokens, self.cached_tokens = len(prompt), 0
         self.completion_tokens: list[int] = []
         self.finish_reason: str | None = None
+        self.draft_tokens = self.accepted_tokens = 0  # speculative decoding: proposed, and confirmed
         self.t_start = time.perf_counter()
         self.t_prompt_done = self.t_first = self.t_end = 0.0
 
@@ -308,16 +310,22 @@ class Generation:
             tokens_per_second=n_gen / gen_time if gen_time > 0 else 0.0, prompt_time=prompt_time,
             generation_time=gen_time, time_to_first_token=(self.t_first - self.t_start) if self.t_first else 0.0,
             prompt_tokens_per_second=n_eval / prompt_time if prompt_time > 0 else 0.0,
-            cached_tokens=self.cached_tokens, finish_reason=self.finish_reason or "cancelled")
+            cached_tokens=self.cached_tokens, finish_reason=self.finish_reason or "cancelled",
+            draft_tokens=self.draft_tokens, accepted_tokens=self.accepted_tokens)
 
 
 # -- the single-sequence driver --------------------------------------------------------------------
 def run_sequence(ctx: LlamaContext, gen: Generation, prompt: Sequence[int], *, cache: list[int] | None = None,
-                 seq_id: int = 0, cancel: CancelToken | None = None) -> Iterator[GenerationChunk]:
+                 seq_id: int = 0, cancel: CancelToken | None = None,
+                 drafter: "Drafter | None" = None) -> Iterator[GenerationChunk]:
     """Drives ``gen`` on sequence ``seq_id`` of ``ctx``; yields its chunks, the last with ``finish_reason``.
 
     ``cache`` (the tokens whose KV the sequence holds) enables prefix reuse and is kept up to date,
     so the next call can reuse this one's prompt and output. Without it the sequence is cleared.
+    With a ``drafter`` (speculative decoding) each step decodes the sampled token together with the
+    tokens the drafter proposes, and ``gen`` samples at each drafted position in turn: a draft token
+    is kept only while it is what the target's own sampler picks, so the output is the one
+    decoding without a drafter would give.
     """
     if len(prompt) == 0:
         raise ValueError("the prompt is empty")
@@ -331,23 +339,58 @@ def run_sequence(ctx: LlamaContext, gen: Generation, prompt: Sequence[int], *, c
     if pos < 0:
         yield gen.finish("cancelled")
         return
-    batch = LlamaBatch(1, 0, 1)
+    n_draft = min(drafter.n_max, ctx.n_batch - 1) if drafter is not None else 0
+    if drafter is not None:
+        drafter.begin(cache)
+    batch = LlamaBatch(1 + n_draft, 0, 1)
     try:
-        while True:
+        if cancel is not None and cancel.cancelled:
+            yield gen.finish("cancelled")
+            return
+        chunk = gen.step(ctx, -1, pos)
+        yield chunk
+        while chunk.finish_reason is None:
             if cancel is not None and cancel.cancelled:
                 yield gen.finish("cancelled")
                 return
-            chunk = gen.step(ctx, -1, pos)
-            yield chunk
-            if chunk.finish_reason is not None:
-                return
+            tok = chunk.token
+            cache.append(tok)  # from here on ``cache`` is the history the drafter reads
+            drafts: Sequence[int] = ()
+            room = min(n_draft, ctx.n_ctx - pos - 1, gen.max_tokens - gen.generated - 1)
+            if room > 0:
+                drafts = drafter.draft(cache, room)[:room]  # type: ignore[union-attr]
             batch.clear()
-            batch.add(chunk.token, pos, seq_id, True)
-            ctx.decode(batch)
-            cache.append(chunk.token)
+            batch.add(tok, pos, seq_id, True)
+            for i, d in enumerate(drafts):
+                batch.add(d, pos + 1 + i, seq_id, True)
+            try:
+                ctx.decode(batch)
+            except BaseException:
+                cache.pop()
+                raise
             pos += 1
+            if not drafts:
+                chunk = gen.step(ctx, -1, pos)
+                yield chunk
+                continue
+            for i in range(len(drafts) + 1):
+                chunk = gen.step(ctx, i, pos)
+                if i == len(drafts) or chunk.finish_reason is not None or chunk.token != drafts[i]:
+                    break
+                yield chunk  # the draft token at position pos is the target's own pick: keep its KV
+                cache.append(chunk.token)
+                pos += 1
+            accepted = i
+            gen.draft_tokens += len(drafts)
+            gen.accepted_tokens += accepted
+            drafter.accepted(len(drafts), accepted)  # type: ignore[union-attr]
+            if accepted < len(drafts):
+                ctx.kv_cache_seq_rm(seq_id, pos, -1)  # the rejected draft tokens
+            yield chunk
     finally:
         batch.close()
+        if drafter is not None:
+            drafter.end(cache)
 
 
 # -- the low-level API (a sampler you built, no config) ----------------------------------------

@@ -17,6 +17,8 @@ from ._config import GenerationConfig, GenerationStats
 from ._embedding import Embedder, model_pooling
 from ._generation import CancelToken, Generation, GenerationChunk, fit_prompt, run_sequence
 from ._guard import GenerationGuard
+from ._speculative import (ChainDrafter, DraftModel, Drafter, NgramLookup, PromptLookup, Speculative,
+                           SpeculativeParams, check_compatible)
 from .llama.context import LlamaContext, LlamaContextParams
 from .llama.model import LlamaModel, LlamaModelParams
 
@@ -45,16 +47,35 @@ class LLM:
     (``n_gpu_layers``) apply when the model is loaded. Use one ``LLM`` from one thread at a time;
     for concurrent requests use the batch engine. ``cancel()`` (from any thread) stops the running
     generation between tokens, or aborts its prompt evaluation; the object stays usable.
+
+    Speculative decoding: ``draft_model`` (a path, an ``LLM`` or a ``LlamaModel`` with the same
+    vocabulary) drafts tokens that the model verifies in one batch (``speculative`` tunes it), and
+    ``prompt_lookup_num_tokens=N`` drafts by copying from the prompt; both keep the output exactly
+    what it would be without them. ``last_stats`` reports drafted and accepted tokens.
     """
 
     def __init__(self, model_path: str | os.PathLike, config: GenerationConfig | None = None,
-                 verbose: bool = False, *, chat_template: str | None = None, **kwargs: Any):
+                 verbose: bool = False, *, chat_template: str | None = None,
+                 draft_model: "str | os.PathLike | LLM | LlamaModel | None" = None,
+                 speculative: SpeculativeParams | None = None, **kwargs: Any):
         if config is not None and not isinstance(config, GenerationConfig):
             raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
+        if speculative is not None and not isinstance(speculative, SpeculativeParams):
+            raise TypeError(f"speculative must be a SpeculativeParams, got {type(speculative).__name__}")
         self.config = (config or GenerationConfig()).replace(**kwargs)
         self.verbose = verbose
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=self.config.n_gpu_layers), verbose=verbose)
         self.model_path = self.model.path
+        self.speculative = speculative or SpeculativeParams()
+        self._draft_model: LlamaModel | None = None
+        self._owns_draft = False
+        self._spec: Speculative | None = None
+        if draft_model is not None:
+            try:
+                self._attach_draft(draft_model)
+            except BaseException:
+                self.model.close()
+                raise
         self.vocab = self.model.get_vocab()
         self._chat_template_source = chat_template
         self._chat_template: Any = None
@@ -108,6 +129,47 @@ class LLM:
         if self._ctx is not None:
             self._ctx.kv_cache_clear()
         self._cache = []
+        if self._spec is not None:
+            self._spec.reset()
+
+    # -- speculative decoding ----------------------------------------------------------------
+    def _attach_draft(self, draft: Any) -> None:
+        if isinstance(draft, LLM):
+            model, owned = draft.model, False
+        elif isinstance(draft, LlamaModel):
+            model, owned = draft, False
+        elif isinstance(draft, (str, os.PathLike)):
+            model = LlamaModel(draft, LlamaModelParams(n_gpu_layers=self.config.n_gpu_layers), verbose=self.verbose)
+            owned = True
+        else:
+            raise TypeError(f"draft_model must be a path, an LLM or a LlamaModel, got {type(draft).__name__}")
+        reason = check_compatible(self.model, model)
+        if reason is not None:
+            if owned:
+                model.close()
+            raise ValueError(f"draft model {model.path.name} cannot draft for {self.model_path.name}: {reason}")
+        self._draft_model, self._owns_draft = model, owned
+
+    def _drafter(self, cfg: GenerationConfig, ctx: LlamaContext) -> Drafter | None:
+        """What drafts for this call: prompt lookup (or an n-gram cache), then the draft model."""
+        parts: list[Drafter] = []
+        if cfg.ngram_cache is not None:
+            parts.append(NgramLookup(cfg.prompt_lookup_num_tokens or 8, cfg.ngram_cache))
+        elif cfg.prompt_lookup_num_tokens:
+            parts.append(PromptLookup(cfg.prompt_lookup_num_tokens, cfg.prompt_lookup_max_ngram))
+        if self._draft_model is not None:
+            spec = self._spec
+            if spec is None or spec.ctx_target is not ctx:
+                if spec is not None:
+                    spec.ctx_draft.close()
+                    spec.close()
+                p = LlamaContextParams(n_ctx=ctx.params.n_ctx, n_batch=ctx.params.n_batch)
+                p.n_threads, p.n_threads_batch = ctx.n_threads, ctx.n_threads_batch
+                spec = self._spec = Speculative(ctx, LlamaContext(self._draft_model, p))
+            parts.append(DraftModel(spec, self.speculative))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else ChainDrafter(*parts)
 
     # -- tokens ----------------------------------------------------------------------------
     def tokenize(self, text: str | bytes, add_bos: bool = True, parse_special: bool = True) -> list[int]:
@@ -175,7 +237,8 @@ class LLM:
                 raise ValueError(f"the prompt has {len(tokens)} tokens but the context holds {ctx.n_ctx}")
             g = Generation.from_config(self.vocab, cfg, tokens, ctx.n_ctx, grammar)
             self._cancel.reset()
-            yield from run_sequence(ctx, g, tokens, cache=self._cache, cancel=self._cancel)
+            yield from run_sequence(ctx, g, tokens, cache=self._cache, cancel=self._cancel,
+                                    drafter=self._drafter(cfg, ctx))
         finally:
             if g is not None:
                 g.close()
@@ -268,6 +331,13 @@ class LLM:
         for e in self._embedders.values():
             e.close()
         self._embedders.clear()
+        if self._spec is not None:
+            self._spec.ctx_draft.close()
+            self._spec.close()
+            self._spec = None
+        if self._draft_model is not None and self._owns_draft:
+            self._draft_model.close()
+        self._draft_model = None
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
