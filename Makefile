@@ -35,6 +35,7 @@ bench: build
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_batch.py
 	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_speculative.py
 
 clean:
 	$(PY) build_lib.py --clean || true

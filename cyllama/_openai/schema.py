@@ -89,6 +89,9 @@ class _Sampling(_Model):
     json_schema: Optional[Dict[str, Any]] = None
     n_predict: Optional[int] = Field(None, ge=-1)
     cache_prompt: Optional[bool] = None  # llama-server's; the cache is always used
+    # speculative decoding by prompt lookup (transformers' names; 0 = off, or the server's --lookup)
+    prompt_lookup_num_tokens: Optional[int] = Field(None, ge=0, le=1024)
+    prompt_lookup_max_ngram: Optional[int] = Field(None, ge=1, le=8)
     id_slot: Optional[int] = None
 
     @field_validator("stop")

@@ -48,7 +48,9 @@ _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "
              "mirostat_eta": "mirostat_eta", "dry_multiplier": "dry_multiplier", "dry_base": "dry_base",
              "dry_allowed_length": "dry_allowed_length", "dry_penalty_last_n": "dry_penalty_last_n",
              "dry_sequence_breakers": "dry_sequence_breakers", "xtc_probability": "xtc_probability",
-             "xtc_threshold": "xtc_threshold", "top_n_sigma": "top_n_sigma", "ignore_eos": "ignore_eos"}
+             "xtc_threshold": "xtc_threshold", "top_n_sigma": "top_n_sigma", "ignore_eos": "ignore_eos",
+             "prompt_lookup_num_tokens": "prompt_lookup_num_tokens",
+             "prompt_lookup_max_ngram": "prompt_lookup_max_ngram"}
 
 
 @dataclass

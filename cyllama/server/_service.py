@@ -25,12 +25,13 @@ class ModelService:
 
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 2048, n_gpu_layers: int = 99,
                  n_parallel: int = 4, n_threads: int | None = None, max_queue: int = 64,
-                 model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None):
+                 model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None,
+                 lookup: int = 0):
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers))
         try:
             self.vocab = self.model.get_vocab()
             self.engine = Engine(self.model, n_slots=n_parallel, n_ctx=n_ctx, n_batch=n_batch, max_queue=max_queue,
-                                 n_threads=n_threads)
+                                 n_threads=n_threads, lookup=lookup)
         except BaseException:
             self.model.close()
             raise
