@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from array import array
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -32,6 +33,7 @@ _MIN_PERCENT_STRICT = (75, 66, 66, 66)
 Key = Tuple[int, int, int, int]
 _PAD = (-1, -1, -1, -1)
 _HEAD = struct.Struct("<4ii")
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def _key(tokens: Sequence[int], start: int, size: int) -> Key:
@@ -115,7 +117,7 @@ class NgramCache:
         for key, part in self._table.items():
             out += _HEAD.pack(*key, len(part))
             flat = array("i", (x for tok_count in part.items() for x in tok_count))
-            if struct.pack("=i", 1) != struct.pack("<i", 1):
+            if _BIG_ENDIAN:  # the file is little-endian
                 flat.byteswap()
             out += flat.tobytes()
         tmp = f"{os.fspath(path)}.tmp"
@@ -139,7 +141,7 @@ class NgramCache:
             if count <= 0 or off + 8 * count > n or any(t < -1 for t in key) or key[0] < 0:
                 raise ValueError(f"{os.fspath(path)}: bad record at byte {off - _HEAD.size} (not a lookup cache?)")
             pairs = array("i", data[off:off + 8 * count].tobytes())
-            if struct.pack("=i", 1) != struct.pack("<i", 1):
+            if _BIG_ENDIAN:  # the file is little-endian
                 pairs.byteswap()
             off += 8 * count
             part: Dict[int, int] = {}

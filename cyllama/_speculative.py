@@ -285,16 +285,19 @@ class NgramLookup(Drafter):
         self._context.update(history, 1, self.ngram_max)
         self._n = len(history)
 
-    def draft(self, history: list[int], n: int) -> list[int]:
+    def _count_new(self, history: list[int]) -> None:
         new = len(history) - self._n
         if new > 0:
             self._context.update(history, 1, self.ngram_max, n_new=new)
             self._n = len(history)
+
+    def draft(self, history: list[int], n: int) -> list[int]:
+        self._count_new(history)
         return draft_tokens(history, n, 1, self.ngram_max, self._context, self.cache, self.cache)
 
     def end(self, history: list[int]) -> None:
         if self.cache is not None and self.learn:
-            self.draft(history, 0)  # count the last tokens
+            self._count_new(history)
             self.cache.merge(self._context)
 
 
@@ -327,9 +330,6 @@ class ChainDrafter(Drafter):
             if out:
                 return out
         return []
-
-    def budget(self, n: int) -> int:
-        return super().budget(n)
 
     def end(self, history: list[int]) -> None:
         for d in self.drafters:
