@@ -18,7 +18,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Asset", "ASSETS", "SplitAsset", "SPLIT_ASSETS", "cache_dir", "fetch", "fetch_split",
+__all__ = ["Asset", "ASSETS", "SplitAsset", "SPLIT_ASSETS", "cache_dir", "cached_split", "fetch", "fetch_split",
            "default_model_path", "vocab_model_path", "speech_sample_path"]
 
 
@@ -166,6 +166,16 @@ SPLIT_ASSETS: dict[str, SplitAsset] = {
         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
 }
+
+
+def cached_split(name: str) -> Path | None:
+    """The local path of a :class:`SplitAsset` when it is already assembled and checked, else None."""
+    asset = SPLIT_ASSETS[name]
+    root = cache_dir() / "assets" / name
+    out, marker = root / asset.filename, root / ".complete"
+    if marker.exists() and marker.read_text() == asset.sha256 and out.exists():
+        return out
+    return None
 
 
 def fetch_split(name: str) -> Path:

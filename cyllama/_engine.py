@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 from ._config import GenerationConfig, GenerationStats
 from ._errors import CyllamaError
 from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt
+from ._grammar_gate import GrammarSpec
 from ._speculative import Drafter, NgramLookup, PromptLookup
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams
@@ -51,7 +52,7 @@ class EngineRequest:
 
     _ids = itertools.count(1)
 
-    def __init__(self, tokens: list[int], config: GenerationConfig, grammar: str | None,
+    def __init__(self, tokens: list[int], config: GenerationConfig, grammar: GrammarSpec | None,
                  on_chunk: Callable[[GenerationChunk], None] | None):
         self.id = next(self._ids)
         self.tokens = tokens
@@ -172,7 +173,7 @@ class Engine:
     def queue_length(self) -> int:
         return len(self._waiting)
 
-    def submit(self, tokens: Sequence[int], config: GenerationConfig, grammar: str | None = None,
+    def submit(self, tokens: Sequence[int], config: GenerationConfig, grammar: GrammarSpec | None = None,
                on_chunk: Callable[[GenerationChunk], None] | None = None) -> EngineRequest:
         """Queues a generation for ``tokens``. ``on_chunk`` (called from the engine thread) replaces
         the request's own queue; keep it cheap (e.g. ``loop.call_soon_threadsafe``)."""

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import _logging
 from ._ffi import ffi
+from ._grammar_gate import GrammarGate, GrammarSpec, preserved_tokens
 from .llama._backend import lib
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext
@@ -173,18 +174,18 @@ def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, dict[int
 
 def sample_token(ctx: LlamaContext, sampler: LlamaSampler, idx: int, ids: np.ndarray | None,
                  logprobs: int | None, logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None,
-                 ) -> tuple[int, tuple[float, dict[int, float] | None] | None]:
+                 gate: GrammarGate | None = None) -> tuple[int, tuple[float, dict[int, float] | None] | None]:
     """Samples at batch index ``idx`` after running a Python logits processor on the logits (it sees
     the token ids ``ids``), and with ``logprobs`` (top-n count) also returns the token's log-probability
-    (of the distribution the sampler chain starts from)."""
+    (of the distribution the sampler chain starts from). ``gate``: a grammar checked after the chain."""
     if logprobs is None and logits_processor is None:
-        return sampler.sample(ctx, idx), None
+        return (sampler.sample(ctx, idx) if gate is None else gate.sample(ctx, idx, sampler)), None
     logits = ctx.get_logits_ith(idx)
     if logits_processor is not None:
         out = logits_processor(ids, logits)
         if out is not None and out is not logits:
             logits[:] = out
-    tok = sampler.sample(ctx, idx)
+    tok = sampler.sample(ctx, idx) if gate is None else gate.sample(ctx, idx, sampler)
     return tok, (_logprobs(logits, tok, logprobs) if logprobs is not None else None)
 
 
@@ -219,19 +220,19 @@ class Generation:
     :class:`~cyllama.GenerationStats`.
     """
 
-    __slots__ = ("vocab", "sampler", "owns_sampler", "text", "max_tokens", "ignore_eos", "n_top", "processor",
+    __slots__ = ("vocab", "sampler", "gate", "owns_sampler", "text", "max_tokens", "ignore_eos", "n_top", "processor",
                  "_ids", "n_ctx", "prompt_tokens", "cached_tokens", "completion_tokens", "finish_reason",
                  "t_start", "t_prompt_done", "t_first", "t_end", "_vptr", "draft_tokens", "accepted_tokens")
 
     def __init__(self, vocab: LlamaVocab, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, n_ctx: int,
                  *, stop: Sequence[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
                  logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None = None,
-                 owns_sampler: bool = False):
+                 owns_sampler: bool = False, gate: GrammarGate | None = None, preserve: Sequence[int] = ()):
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
-        self.vocab, self.sampler, self.owns_sampler = vocab, sampler, owns_sampler
+        self.vocab, self.sampler, self.owns_sampler, self.gate = vocab, sampler, owns_sampler, gate
         self._vptr = vocab.ptr
-        self.text = TextStream(vocab, stop)
+        self.text = TextStream(vocab, stop, preserve=preserve)
         self.max_tokens, self.n_ctx = max_tokens, n_ctx
         self.ignore_eos, self.n_top, self.processor = ignore_eos, logprobs, logits_processor
         self._ids = _IdBuffer(prompt) if logits_processor is not None else None
@@ -244,17 +245,24 @@ class Generation:
 
     @classmethod
     def from_config(cls, vocab: LlamaVocab, cfg: "GenerationConfig", prompt: Sequence[int], n_ctx: int,
-                    grammar: str | None = None) -> "Generation":
-        """A generation with the sampler chain ``cfg`` describes (the prompt fed to its penalties)."""
+                    grammar: GrammarSpec | None = None) -> "Generation":
+        """A generation with the sampler chain ``cfg`` describes (the prompt fed to its penalties);
+        ``grammar`` (GBNF text or a :class:`~cyllama._grammar_gate.Grammar`) is checked after the chain picks."""
         from ._config import build_sampler
 
-        sampler = build_sampler(cfg, vocab, grammar, history=prompt, n_ctx=n_ctx)
+        gate = GrammarGate(vocab, grammar) if grammar else None
+        sampler = None
         try:
+            sampler = build_sampler(cfg, vocab, None, history=prompt, n_ctx=n_ctx)
             return cls(vocab, sampler, prompt, cfg.max_tokens, n_ctx, stop=cfg.stop_sequences,
                        ignore_eos=cfg.ignore_eos, logprobs=cfg.top_logprobs if cfg.logprobs else None,
-                       logits_processor=cfg.logits_processor, owns_sampler=True)
+                       logits_processor=cfg.logits_processor, owns_sampler=True, gate=gate,
+                       preserve=preserved_tokens(grammar))
         except BaseException:
-            sampler.close()
+            if sampler is not None:
+                sampler.close()
+            if gate is not None:
+                gate.close()
             raise
 
     @property
@@ -266,9 +274,11 @@ class Generation:
 
     def step(self, ctx: LlamaContext, idx: int, n_past: int) -> GenerationChunk:
         ids = self._ids.view() if self._ids is not None else None
-        tok, info = sample_token(ctx, self.sampler, idx, ids, self.n_top, self.processor)
+        tok, info = sample_token(ctx, self.sampler, idx, ids, self.n_top, self.processor, self.gate)
         if not self.ignore_eos and lib.llama_vocab_is_eog(self._vptr, tok):
             return self.finish("stop")
+        if self.gate is not None and not self.gate.active:
+            self.gate.accepted(tok)
         if not self.completion_tokens:
             self.t_first = time.perf_counter()
         self.completion_tokens.append(tok)
@@ -297,6 +307,8 @@ class Generation:
     def close(self) -> None:
         if self.owns_sampler:
             self.sampler.close()
+        if self.gate is not None:
+            self.gate.close()
 
     def stats(self) -> "GenerationStats":
         from ._config import GenerationStats
@@ -458,9 +470,10 @@ class TextStream:
     returned and the rest is dropped. ``flush`` returns what was held back at the end of a stream.
     """
 
-    __slots__ = ("_decoder", "_to_bytes", "_stops", "_max_stop", "_pending", "stopped", "special")
+    __slots__ = ("_decoder", "_to_bytes", "_stops", "_max_stop", "_pending", "stopped", "special", "_preserve")
 
-    def __init__(self, vocab: LlamaVocab, stop: Sequence[str] = (), special: bool = False):
+    def __init__(self, vocab: LlamaVocab, stop: Sequence[str] = (), special: bool = False,
+                 preserve: Sequence[int] = ()):
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._to_bytes = vocab.token_to_bytes
         self._stops = tuple(s for s in stop if s)
@@ -468,11 +481,12 @@ class TextStream:
         self._pending = ""
         self.stopped = False
         self.special = special
+        self._preserve = frozenset(preserve)  # special tokens written out anyway (tool-call markers)
 
     def push(self, token: int) -> tuple[str, bool]:
         if self.stopped:
             return "", True
-        text = self._decoder.decode(self._to_bytes(token, special=self.special))
+        text = self._decoder.decode(self._to_bytes(token, special=self.special or token in self._preserve))
         if not self._stops:
             return text, False
         return self._scan(text)

@@ -16,6 +16,7 @@ import numpy as np
 from ._config import GenerationConfig, GenerationStats
 from ._embedding import Embedder, model_pooling
 from ._generation import CancelToken, Generation, GenerationChunk, fit_prompt, run_sequence
+from ._grammar_gate import GrammarSpec
 from ._guard import GenerationGuard
 from ._speculative import (ChainDrafter, DraftModel, Drafter, NgramLookup, PromptLookup, Speculative,
                            SpeculativeParams, check_compatible)
@@ -217,7 +218,7 @@ class LLM:
         tokens = self._fit(self._prompt_tokens(prompt, cfg, add_bos), cfg)
         return self.run(tokens, cfg, _grammar_for(cfg, response_format), wait)
 
-    def run(self, tokens: Sequence[int], config: GenerationConfig, grammar: str | None = None,
+    def run(self, tokens: Sequence[int], config: GenerationConfig, grammar: GrammarSpec | None = None,
             wait: bool = False) -> Iterator[GenerationChunk]:
         """The generation of already-checked prompt ``tokens`` with ``config`` (and a GBNF
         ``grammar``): what :meth:`stream` and the OpenAI layer drive. With ``wait`` a call from
@@ -227,7 +228,7 @@ class LLM:
         me.append(gen)
         return gen
 
-    def _drive(self, tokens: list[int], cfg: GenerationConfig, grammar: str | None,
+    def _drive(self, tokens: list[int], cfg: GenerationConfig, grammar: GrammarSpec | None,
                me: list[Iterator[GenerationChunk]], wait: bool) -> Iterator[GenerationChunk]:
         self._guard.acquire(me[0], blocking=wait)
         g = None

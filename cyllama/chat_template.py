@@ -480,7 +480,7 @@ def _flatten_parts(parts: Sequence[Any], where: str) -> str:
     return "\n".join(texts)
 
 
-def _normalize_tool_call(call: Any, where: str) -> dict:
+def _normalize_tool_call(call: Any, where: str, object_arguments: bool = True) -> dict:
     if not isinstance(call, Mapping):
         raise ChatTemplateError(f"{where} must be a dict, got {type(call).__name__}")
     call = dict(call)
@@ -490,7 +490,10 @@ def _normalize_tool_call(call: Any, where: str) -> dict:
             raise ChatTemplateError(f"{where}: 'function' must be a dict")
         fn = dict(fn)
         args = fn.get("arguments")
-        if isinstance(args, str):
+        if not object_arguments:  # the template concatenates the arguments' JSON text (Functionary)
+            if not isinstance(args, str):
+                fn["arguments"] = json.dumps(args if args is not None else {}, ensure_ascii=False)
+        elif isinstance(args, str):
             # OpenAI sends arguments as a JSON string; templates (Qwen, Llama 3.x, Hermes, ...)
             # expect an object and would otherwise render it JSON-encoded twice.
             try:
@@ -503,7 +506,7 @@ def _normalize_tool_call(call: Any, where: str) -> dict:
     return call
 
 
-def _normalize_messages(messages: Any) -> list[dict]:
+def _normalize_messages(messages: Any, object_arguments: bool = True) -> list[dict]:
     if not isinstance(messages, (list, tuple)):
         raise ChatTemplateError(f"messages must be a list of dicts, got {type(messages).__name__}")
     if not messages:
@@ -521,7 +524,8 @@ def _normalize_messages(messages: Any) -> list[dict]:
         if tool_calls is not None:
             if not isinstance(tool_calls, (list, tuple)):
                 raise ChatTemplateError(f"{where}: 'tool_calls' must be a list")
-            m["tool_calls"] = [_normalize_tool_call(c, f"{where}: tool call {j}") for j, c in enumerate(tool_calls)]
+            m["tool_calls"] = [_normalize_tool_call(c, f"{where}: tool call {j}", object_arguments)
+                               for j, c in enumerate(tool_calls)]
         if "content" not in m:
             if role == "assistant" and tool_calls:
                 m["content"] = None
@@ -636,7 +640,9 @@ class ChatTemplate:
         """
         context: dict[str, Any] = {"bos_token": self.bos_token, "eos_token": self.eos_token}
         context.update(extra_context)
-        context["messages"] = _normalize_messages(messages)
+        has_calls = isinstance(messages, (list, tuple)) and any(
+            isinstance(m, Mapping) and m.get("tool_calls") for m in messages)
+        context["messages"] = _normalize_messages(messages, not has_calls or self.object_arguments)
         context["tools"] = _normalize_tools(tools)
         context["add_generation_prompt"] = bool(add_generation_prompt)
         text = self._run(context)
@@ -646,6 +652,21 @@ class ChatTemplate:
         if self.add_eos and isinstance(eos, str) and eos and text.endswith(eos):
             text = text[: -len(eos)]
         return text
+
+    @functools.cached_property
+    def object_arguments(self) -> bool:
+        """Whether the template takes a tool call's ``arguments`` as an object (most: they apply
+        ``tojson``) rather than as its JSON text (Functionary's concatenate it)."""
+        call = {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}
+        msgs = [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+        for as_object in (True, False):
+            try:
+                self._run({"bos_token": self.bos_token, "eos_token": self.eos_token, "tools": None,
+                           "messages": _normalize_messages(msgs, as_object), "add_generation_prompt": False})
+                return as_object
+            except Exception:
+                continue
+        return True
 
     def _run(self, context: dict[str, Any]) -> str:
         token = _DEADLINE.set(time.monotonic() + MAX_RENDER_SECONDS)

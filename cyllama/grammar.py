@@ -1112,14 +1112,18 @@ class _SchemaConverter:
 # --------------------------------------------------------------------------------------------
 
 def json_schema_to_grammar(schema: dict[str, Any] | str, *, prop_order: list[str] | None = None,
-                           dotall: bool = False) -> str:
+                           dotall: bool = False, rule_name: str = "root") -> str:
     """Converts a JSON Schema (a dict, or its JSON text) to a GBNF grammar whose root is ``root``.
 
     ``prop_order`` lists property names that come first, in that order, within the required and
     within the optional properties of every object (the others keep schema order after them);
-    ``dotall`` lets ``.`` in a ``pattern`` match line breaks too. Raises ``ValueError`` for a
-    schema that is not valid JSON, not an object, or outside the supported subset.
+    ``dotall`` lets ``.`` in a ``pattern`` match line breaks too; ``rule_name`` names the top rule
+    instead of ``root`` (its own rules are then prefixed with it), to embed the grammar in a larger
+    one. Raises ``ValueError`` for a schema that is not valid JSON, not an object, or outside the
+    supported subset.
     """
+    if not isinstance(rule_name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", rule_name):
+        raise ValueError(f"rule_name must be a GBNF rule name, got {rule_name!r}")
     if isinstance(schema, (str, bytes, bytearray)):
         try:
             schema = json.loads(schema)
@@ -1143,7 +1147,7 @@ def json_schema_to_grammar(schema: dict[str, Any] | str, *, prop_order: list[str
     try:
         root = _SchemaBuilder(schema).build()
         converter = _SchemaConverter(bool(dotall), list(prop_order))
-        converter.visit(root, "")
+        converter.visit(root, "" if rule_name == "root" else rule_name)
     except RecursionError:
         raise ValueError("the JSON schema is nested too deeply to convert") from None
     converter.check_errors()

@@ -15,8 +15,6 @@ in-process client wraps them in the ``openai`` package's types, the drop-in retu
 from __future__ import annotations
 
 import base64
-import json
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,8 +24,10 @@ import numpy as np
 
 from .._config import GenerationConfig
 from .._generation import GenerationChunk
+from .._grammar_gate import GrammarSpec
 from ..llama.model import LlamaModel
 from ..llama.sampler import LlamaSampler
+from . import tool_formats as _formats
 from . import tools as _tools
 from .schema import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, InvalidRequestError,
                      parse_request)
@@ -60,7 +60,7 @@ class Job:
     index: int
     tokens: list[int]
     config: GenerationConfig
-    grammar: str | None
+    grammar: GrammarSpec | None
 
 
 @dataclass
@@ -124,10 +124,15 @@ class _Assembler:
 
 class _ChatAssembler(_Assembler):
     chunk_object = "chat.completion.chunk"
-    def __init__(self, *args: Any, forced: Sequence[str] | None, names: Sequence[str]):
+
+    def __init__(self, *args: Any, forced: Sequence[str] | None, names: Sequence[str],
+                 fmt: "_formats.ToolFormat | None" = None):
         super().__init__(*args)
         self.forced, self.names = forced, names
-        self.buffered = bool(forced or names)  # a tool call is only recognisable once the text is whole
+        # with tools, each choice's text goes through a parser that splits off the calls
+        self.tools = [_formats.ToolCallStream(fmt, forced or names, bool(forced)) if fmt is not None and names
+                      else None for _ in self.choices]
+        self.pending_lp: list[list[Any]] = [[] for _ in self.choices]
 
     def _chunk(self, i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
         return {**self.head, "object": "chat.completion.chunk",
@@ -143,46 +148,45 @@ class _ChatAssembler(_Assembler):
             entry = self.service.chat_logprob(c.token, c.logprob, c.top_logprobs)
             ch.lp.append(entry)
         ch.parts.append(c.text)
-        if self.buffered or not (c.text or entry is not None):
+        st = self.tools[i]
+        if st is not None:
+            if entry is not None:
+                self.pending_lp[i].append(entry)
+            return self._events(i, st.feed(c.text))
+        if not (c.text or entry is not None):
             return []
         return [self._chunk(i, {"content": c.text}, None, {"content": [entry]} if entry is not None else None)]
 
+    def _events(self, i: int, events: list[tuple]) -> list[dict[str, Any]]:
+        out = []
+        for delta in _formats.ToolCallStream.deltas(events):
+            lp = None
+            if "content" in delta and self.pending_lp[i]:  # logprobs ride along with the content they cover
+                lp, self.pending_lp[i] = {"content": self.pending_lp[i]}, []
+            out.append(self._chunk(i, delta, None, lp))
+        return out
+
+    def _finish_of(self, i: int) -> str:
+        finish = _finish(self.choices[i].finish)
+        st = self.tools[i]
+        return "tool_calls" if st is not None and st.calls and finish == "stop" else finish
+
     def _message(self, i: int) -> tuple[dict[str, Any], str]:
-        ch = self.choices[i]
-        text, finish = "".join(ch.parts), _finish(ch.finish)
-        if self.forced:
-            try:
-                obj = json.loads(text)
-                calls = [(obj["name"], json.dumps(obj["arguments"], ensure_ascii=False))]
-            except (ValueError, KeyError, TypeError):  # cut off by max_tokens: hand back what there is
-                name = self.forced[0]
-                m = re.match(r'\s*\{\s*"name"\s*:\s*"([^"]*)"\s*,\s*"arguments"\s*:\s*', text)
-                if m:
-                    name, text = m.group(1), text[m.end():]
-                calls = [(name, text)]
-            return ({"role": "assistant", "content": None, "tool_calls": [_tool_call(n, a) for n, a in calls]},
-                    "tool_calls" if finish == "stop" else finish)
-        if self.names:
-            found, rest = _tools.parse_tool_calls(text, self.names)
-            if found:
-                return ({"role": "assistant", "content": rest or None,
-                         "tool_calls": [_tool_call(n, json.dumps(a, ensure_ascii=False)) for n, a in found]},
-                        "tool_calls")
-        return {"role": "assistant", "content": text}, finish
+        st = self.tools[i]
+        if st is None:
+            return {"role": "assistant", "content": "".join(self.choices[i].parts)}, self._finish_of(i)
+        content, calls = st.message()
+        msg: dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            msg["tool_calls"] = calls
+        return msg, self._finish_of(i)
 
     def on_end(self, i: int, reason: str, n_tokens: int) -> list[dict[str, Any]]:
         ch = self.choices[i]
         ch.finish, ch.tokens = reason, n_tokens
-        if not self.buffered:
-            return [self._chunk(i, {}, _finish(reason))]
-        msg, finish = self._message(i)
-        out = []
-        if msg.get("content"):
-            out.append(self._chunk(i, {"content": msg["content"]}))
-        for j, tc in enumerate(msg.get("tool_calls") or []):
-            out.append(self._chunk(i, {"tool_calls": [{"index": j, **tc}]}))
-        out.append(self._chunk(i, {}, finish))
-        return out
+        st = self.tools[i]
+        out = self._events(i, st.finish()) if st is not None else []
+        return out + [self._chunk(i, {}, self._finish_of(i))]
 
     def response(self) -> dict[str, Any]:
         choices = []
@@ -246,10 +250,6 @@ class _CompletionAssembler(_Assembler):
         return {**self.head, "object": "text_completion", "choices": choices, "usage": self.usage()}
 
 
-def _tool_call(name: str, arguments: str) -> dict[str, Any]:
-    return {"id": _tools.new_call_id(), "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
 class OpenAIService:
     """OpenAI requests for one loaded model.
 
@@ -273,6 +273,7 @@ class OpenAIService:
         self.strict_model = strict_model
         self._template_source = chat_template if isinstance(chat_template, str) else None
         self._template: Any = None if isinstance(chat_template, (str, type(None))) else chat_template
+        self._tool_format: Any = None
         self._embed = embed
         self.default_completion_tokens = default_completion_tokens
         self.created = int(time.time())
@@ -284,6 +285,17 @@ class OpenAIService:
 
             self._template = ChatTemplate.from_model(self.model, source=self._template_source or None)
         return self._template
+
+    def tool_format(self) -> "_formats.ToolFormat":
+        """How the model's chat template writes tool calls (its family, read from the template)."""
+        if self._tool_format is None:
+            self._tool_format = _formats.tool_format_for(self.template().source, self._special_token)
+        return self._tool_format
+
+    def _special_token(self, text: str) -> int | None:
+        """The token id of ``text`` when the vocabulary has it as one special token."""
+        toks = self.vocab.tokenize(text, add_special=False, parse_special=True)
+        return toks[0] if len(toks) == 1 else None
 
     def piece(self, token: int) -> str:
         return self.vocab.token_to_bytes(token, special=False).decode("utf-8", "replace")
@@ -428,27 +440,21 @@ class OpenAIService:
             tools_in = [{"type": "function", "function": f} for f in req.functions]
             choice = req.function_call if not isinstance(req.function_call, dict) else \
                 {"type": "function", "function": req.function_call}
+        own_grammar = bool(req.grammar or req.json_schema or (
+            req.response_format is not None and req.response_format.type != "text"))
         try:
-            tools = _tools.normalize_tools([t if isinstance(t, dict) else t.model_dump(exclude_none=True)
-                                            for t in tools_in] if tools_in else None)
-            if choice is not None and tools is None and choice != "none":
-                raise ValueError(f"tool_choice={choice!r} needs tools")
-            forced = _tools.forced_tool_names(choice, tools)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), "tool_choice" if "tool_choice" in str(exc) else "tools") from None
-        active = None if choice == "none" else tools
-        try:
-            msgs, template_tools = _tools.prepare_tool_messages(self.template(), self._messages(req), active, forced)
+            tp = _tools.plan_tools(
+                self.template(), self._messages(req),
+                [t if isinstance(t, dict) else t.model_dump(exclude_none=True) for t in tools_in] if tools_in else None,
+                choice, parallel=req.parallel_tool_calls is not False, special_token=self._special_token,
+                own_grammar=own_grammar)
+        except _tools.ToolRequestError as exc:
+            raise InvalidRequestError(str(exc), exc.param) from None
         except ValueError as exc:
             raise InvalidRequestError(str(exc), "messages") from None
-        if forced:
-            if req.response_format is not None and req.response_format.type != "text":
-                raise InvalidRequestError("response_format cannot be combined with a forced tool_choice",
-                                          "response_format")
-            if req.grammar or req.json_schema:
-                raise InvalidRequestError("grammar/json_schema cannot be combined with a forced tool_choice", "grammar")
-            req = req.model_copy(update={"json_schema": _tools.tool_call_schema(tools, forced),
-                                         "response_format": None})
+        if tp.grammar is not None:
+            self._check_grammar(tp.grammar.grammar, "tools")
+        msgs, template_tools = tp.messages, tp.template_tools
         from ..chat_template import ChatTemplateError
 
         try:
@@ -462,13 +468,12 @@ class OpenAIService:
                            (None if req.n_predict in (None, -1) else req.n_predict), len(tokens), base)
         if req.logprobs:
             cfg = cfg.replace(logprobs=True, top_logprobs=req.top_logprobs or 0)
-        grammar = self._grammar(req)
+        grammar = tp.grammar or self._grammar(req)
         n = req.n or 1
         jobs = [Job(i, tokens, self._seeded(cfg, i), grammar) for i in range(n)]
-        names = [t["function"]["name"] for t in active or []]
         asm = _ChatAssembler(self, head, n, len(tokens),
                              bool(req.stream and req.stream_options and req.stream_options.include_usage),
-                             bool(req.logprobs), forced=forced, names=names)
+                             bool(req.logprobs), forced=tp.forced, names=tp.names, fmt=tp.fmt)
         return Plan(jobs, bool(req.stream), asm)
 
     # -- text completions ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 import numpy as np
 
 from .._generation import TextStream
+from .._grammar_gate import preserved_tokens
 from ._common import LogitsProcessorList, StoppingCriteriaList, longest_token_prefix
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class _Plan:
     stream: bool
     seed: Optional[int]
     cfg: "GenerationConfig"
-    grammar: Optional[str]
+    grammar: Any  # GBNF text, or a Grammar (tool calls)
     logits_processor: Any
     stopping_criteria: Any
     model: str
@@ -353,7 +354,7 @@ class CompletionMixin:
         sampler = self._build_sampler(p.cfg, p.grammar)
         gen = self._generate_tokens(p.prompt_tokens, sampler, True, p.logits_processor, p.stopping_criteria,
                                     on_logits if want_lp else None)
-        stream = TextStream(vocab, p.stop)
+        stream = TextStream(vocab, p.stop, preserve=preserved_tokens(p.grammar))
         offsets = codecs.getincrementaldecoder("utf-8")("ignore")
         is_eog = vocab.is_eog
         completion_tokens: List[int] = []

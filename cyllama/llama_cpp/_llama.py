@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from .. import _logging
 from .._config import GenerationConfig, build_sampler
+from .._grammar_gate import GatedSampler, Grammar, GrammarGate
 from .._errors import ModelLoadError
 from .._ffi import ffi
 from .._generation import reuse_prefix, sample_token
@@ -479,6 +480,8 @@ class Llama(CompletionMixin):
     def _grammar_text(grammar: Any) -> Optional[str]:
         if grammar is None:
             return None
+        if isinstance(grammar, Grammar):  # a tool-call grammar from the OpenAI layer (maybe lazy)
+            return grammar
         if isinstance(grammar, LlamaGrammar):
             return grammar._grammar
         if isinstance(grammar, str):
@@ -524,9 +527,22 @@ class Llama(CompletionMixin):
             fields["temperature"] = 1.0  # llama-cpp-python's mirostat chain has no temperature step
         return GenerationConfig(**fields)
 
-    def _build_sampler(self, cfg: GenerationConfig, grammar: Optional[str] = None) -> LlamaSampler:
+    def _special_token(self, text: str) -> Optional[int]:
+        """The token id of ``text`` when the vocabulary has it as one token (tool-call markers)."""
+        toks = self._vocab.tokenize(text, add_special=False, parse_special=True)
+        return toks[0] if len(toks) == 1 else None
+
+    def _build_sampler(self, cfg: GenerationConfig, grammar: Any = None) -> Any:
+        """The sampler chain for ``cfg``; with a grammar, checked after the chain picks (as llama-server)."""
         seed = int(self._seed) & 0xFFFFFFFF if self._seed != -1 else -1
-        return build_sampler(cfg.replace(seed=seed), self._vocab, grammar)
+        gate = GrammarGate(self._vocab, grammar) if grammar else None
+        try:
+            chain = build_sampler(cfg.replace(seed=seed), self._vocab, None)
+        except BaseException:
+            if gate is not None:
+                gate.close()
+            raise
+        return chain if gate is None else GatedSampler(chain, gate)
 
     def _init_sampler(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
                       temp: float = 0.80, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Protocol,
 import numpy as np
 import numpy.typing as npt
 
+from .._openai.tool_formats import ToolCallStream
+from .._openai.tools import plan_tools
 from ..chat_template import KNOWN_TEMPLATES, ChatTemplate, ChatTemplateError, get_template
 from ._common import LogitsProcessorList, StoppingCriteriaList
 from .llama_grammar import JSON_GBNF, LlamaGrammar
@@ -144,6 +146,7 @@ class Jinja2ChatFormatter:
         self.add_generation_prompt = add_generation_prompt
         self.stop_token_ids = set(stop_token_ids) if stop_token_ids is not None else None
         self._template = ChatTemplate(template, bos_token=bos_token or "", eos_token=eos_token or "")
+        self.chat_template = self._template  # what the tool-calling layer reads the family from
 
     def __call__(self, *, messages: List[Dict[str, Any]], functions: Optional[List[Dict[str, Any]]] = None,
                  function_call: Optional[Any] = None, tools: Optional[List[Dict[str, Any]]] = None,
@@ -270,6 +273,57 @@ def _convert_completion_to_chat_function(tool_name: str, completion_or_chunks: A
     return stream_chunks(completion_or_chunks)
 
 
+def _convert_completion_to_chat_tools(plan: Any, completion_or_chunks: Any, stream: bool) -> Any:
+    """A completion of a request with tools as a chat completion: the calls the model wrote (in its
+    family's syntax) as ``tool_calls``, streamed as OpenAI streams them."""
+    def new_stream() -> ToolCallStream:
+        return ToolCallStream(plan.fmt, plan.forced or plan.names, bool(plan.forced))
+
+    if not stream:
+        completion = completion_or_chunks
+        choice = completion["choices"][0]
+        st = new_stream()
+        st.feed(choice["text"])
+        st.finish()
+        content, calls = st.message()
+        message: Dict[str, Any] = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+            if len(calls) == 1:  # llama-cpp-python also fills the legacy field
+                message["function_call"] = dict(calls[0]["function"])
+        finish = "tool_calls" if calls and choice["finish_reason"] == "stop" else choice["finish_reason"]
+        return {"id": "chat" + completion["id"], "object": "chat.completion", "created": completion["created"],
+                "model": completion["model"],
+                "choices": [{"index": 0, "message": message,
+                             "logprobs": _convert_text_completion_logprobs_to_chat(choice["logprobs"]),
+                             "finish_reason": finish}],
+                "usage": completion["usage"]}
+
+    def stream_chunks(chunks: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
+        st = new_stream()
+        head: Optional[Dict[str, Any]] = None
+        finish = None
+        for chunk in chunks:
+            choice = chunk["choices"][0]
+            if head is None:
+                head = {"id": "chat" + chunk["id"], "object": "chat.completion.chunk", "created": chunk["created"],
+                        "model": chunk["model"]}
+                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
+                                            "finish_reason": None}]}
+            for delta in ToolCallStream.deltas(st.feed(choice["text"])):
+                yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+            if choice["finish_reason"] is not None:
+                finish = choice["finish_reason"]
+        if head is None:
+            return
+        for delta in ToolCallStream.deltas(st.finish()):
+            yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+        finish = "tool_calls" if st.calls and finish == "stop" else finish
+        yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
+
+    return stream_chunks(completion_or_chunks)
+
+
 # -- grammars for constrained answers ------------------------------------------------------------
 def _grammar_for_json(verbose: bool = False) -> LlamaGrammar:
     return LlamaGrammar.from_string(JSON_GBNF, verbose=verbose)
@@ -354,8 +408,16 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
                 tool_choice = function_call
             if isinstance(function_call, dict) and "name" in function_call:
                 tool_choice = {"type": "function", "function": {"name": function_call["name"]}}
-        result = chat_formatter(messages=messages, functions=functions, function_call=function_call, tools=tools,
-                                tool_choice=tool_choice, **kwargs)
+        tool_plan = None
+        tmpl = getattr(chat_formatter, "chat_template", None)
+        if tools is not None and tmpl is not None:  # the one tool-calling layer the server uses too
+            own = grammar is not None or (response_format is not None and response_format.get("type") != "text")
+            tool_plan = plan_tools(tmpl, messages, tools, tool_choice, special_token=llama._special_token,
+                                   own_grammar=own)
+            result = chat_formatter(messages=tool_plan.messages, tools=tool_plan.template_tools, **kwargs)
+        else:
+            result = chat_formatter(messages=messages, functions=functions, function_call=function_call, tools=tools,
+                                    tool_choice=tool_choice, **kwargs)
         prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         if result.stop is not None:
             stop = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
@@ -366,8 +428,10 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
             rf_grammar = _grammar_for_response_format(response_format, verbose=llama.verbose)
             if rf_grammar is not None:
                 grammar = rf_grammar
+        if tool_plan is not None and tool_plan.grammar is not None:
+            grammar = tool_plan.grammar
         tool = None
-        if tool_choice is not None and isinstance(tool_choice, dict) and tools is not None:
+        if tool_plan is None and tool_choice is not None and isinstance(tool_choice, dict) and tools is not None:
             name = (tool_choice.get("function") or {}).get("name")
             tool = next((t for t in tools if (t.get("function") or {}).get("name") == name), None)
             if tool is None:
@@ -383,6 +447,8 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
             stopping_criteria=stopping_criteria, grammar=grammar, logit_bias=logit_bias)
         if tool is not None:
             return _convert_completion_to_chat_function(tool["function"]["name"], completion_or_chunks, stream)
+        if tool_plan is not None and tool_plan.fmt is not None:
+            return _convert_completion_to_chat_tools(tool_plan, completion_or_chunks, stream)
         return _convert_completion_to_chat(completion_or_chunks, stream=stream)
 
     return chat_completion_handler
@@ -469,6 +535,7 @@ def _known_format(name: str) -> ChatFormatter:
                                                             **kwargs), stop=stop)
 
     formatter.__doc__ = f"The {name!r} chat format."
+    formatter.chat_template = template  # type: ignore[attr-defined]
     return formatter
 
 
@@ -478,5 +545,10 @@ for _name in KNOWN_TEMPLATES:
     _f.__name__ = _FUNCTION_NAMES.get(_name, "format_" + _name.replace("-", "_"))
     globals()[_f.__name__] = _f  # format_chatml, format_llama2, ... as in llama-cpp-python
 del _name, _f
+
+# llama-cpp-python's format for function calling on ChatML models: ChatML, the tools described in
+# the system message, calls written as JSON under a grammar (the generic tool-call family)
+register_chat_completion_handler("chatml-function-calling")(
+    chat_formatter_to_chat_completion_handler(_known_format("chatml")))
 
 __all__ += ["ChatTemplateError"]
