@@ -120,7 +120,9 @@ def greedy_continue(ctx: LlamaContext, pos: int, n: int) -> list[int]:
 
 def test_multi_sequence_batch_matches_single(model: LlamaModel, ctx: LlamaContext) -> None:
     vocab = model.get_vocab()
-    prompts = ["The capital of France is", "Water boils at", "My favourite colour is"]
+    # greedy continuations without a near-tie (top-two logit margins > 1.8 over these 6 tokens), so
+    # the batch shape's rounding cannot flip a token
+    prompts = ["Count: 1, 2, 3,", "100, 200, 300,", "11, 12, 13, 14,"]
     singles = []
     for p in prompts:
         ctx.kv_cache_clear()

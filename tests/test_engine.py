@@ -9,8 +9,11 @@ import pytest
 from cyllama import (LLM, BatchGenerator, BatchRequest, BatchResponse, Engine, GenerationConfig, QueueFullError,
                      batch_generate)
 
-PROMPTS = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
-           "In 1492,", "Water boils at"]
+# llama.cpp's kernels round differently for different batch shapes, so tests comparing batched with
+# single runs use prompts whose greedy continuations have no near-tie: every top-two logit margin in
+# their first 24 tokens is > 1.4 (prose prompts on this model have margins < 0.3)
+PROMPTS = ["1, 2, 3, 4, 5, 6, 7, 8, 9, 10,", "Count to twenty: 1, 2, 3,", "The first ten numbers are 1, 2, 3,",
+           "100, 200, 300,", "Count: 1, 2, 3,", "11, 12, 13, 14,"]
 GREEDY = GenerationConfig(temperature=0.0, max_tokens=24, repeat_penalty=1.0)
 
 
@@ -31,9 +34,7 @@ def test_batched_greedy_equals_single(llm, engine) -> None:
     with engine.hold():  # all start together: the batches' composition does not depend on timing
         reqs = [engine.submit(llm.tokenize(p), GREEDY) for p in PROMPTS]  # 6 prompts, 4 slots: 2 queue
     together = [r.result(timeout=120) for r in reqs]
-    # llama.cpp's kernels round differently for different batch shapes, so a near-tie could flip
-    # a later token; these prompts have none in their first 24 tokens
-    assert together == alone
+    assert together == alone  # PROMPTS have no near-tie a batch shape's rounding could flip
     assert all(r.stats.generated_tokens > 0 and r.finish_reason in ("stop", "length") for r in reqs)
     assert engine.busy_slots == 0 and engine.queue_length == 0
 
@@ -103,19 +104,17 @@ def test_grammar_per_request(llm, engine) -> None:
     from cyllama.grammar import JSON_GRAMMAR
 
     req = engine.submit(llm.tokenize("A JSON object describing a dog:"), GREEDY.replace(max_tokens=80), JSON_GRAMMAR)
-    plain = engine.submit(llm.tokenize(PROMPTS[0]), GREEDY)
+    plain = engine.submit(llm.tokenize("The capital of France is"), GREEDY)
     assert isinstance(json.loads(req.result()), dict)
     assert plain.result().startswith(" Paris")  # unconstrained neighbours stay unconstrained
 
 
 # -- batch API ---------------------------------------------------------------------------------
 def test_batch_generator_and_requests(model_path, llm) -> None:
-    prompts = PROMPTS + ["Fact number 1:"]
+    prompts = PROMPTS + ["10, 20, 30, 40,"]
     with BatchGenerator(str(model_path), batch_size=3, n_ctx=256) as gen:
         outs = gen.generate_batch(prompts, GREEDY)
-        # llama.cpp's kernels round differently for different batch shapes, so a near-tie can
-        # flip a later token; these prompts have no near-ties in their first 24 tokens
-        assert outs == [llm(p, GREEDY) for p in prompts]
+        assert outs == [llm(p, GREEDY) for p in prompts]  # no near-tie a batch shape's rounding could flip
         assert gen.engine.n_slots == 3
         rs = gen.process_batch([BatchRequest(i, p, max_tokens=5 + i, temperature=0.0)
                                 for i, p in enumerate(prompts[:3])])
@@ -125,7 +124,7 @@ def test_batch_generator_and_requests(model_path, llm) -> None:
 
 
 def test_batch_generate_one_shot(model_path, llm) -> None:
-    prompts = ["What is Python?", "Water boils at"]
+    prompts = PROMPTS[:2]
     out = batch_generate(prompts, model_path=model_path, temperature=0.0, max_tokens=12, repeat_penalty=1.0)
     assert out == [llm(p, GREEDY.replace(max_tokens=12)) for p in prompts]
     with pytest.raises(ValueError, match="empty"):

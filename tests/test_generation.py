@@ -15,6 +15,14 @@ from cyllama._generation import CancelToken, TextStream, eval_prompt
 from cyllama.llama import LlamaContext, LlamaContextParams
 
 PROMPT = "The capital of France is"
+# Tests that compare greedy text across runs that differ in batch shape (a run on a cached prefix
+# decodes the last prompt token alone) use prompts without near-ties, so that rounding cannot flip a
+# token. With repeat_penalty 1.0 the top-two logit margins are > 3.2 over COUNT's first 32 tokens,
+# > 1.4 over SEQ's chat reply's first 24 and > 1.1 over DAYS' first 10; PROMPT's fall to 0.26 at its
+# 6th token (and, with the default penalty 1.1, to 0.28 at its 4th).
+COUNT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+SEQ = "Continue the sequence: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+DAYS = "Days of the week: Monday, Tuesday,"
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +71,11 @@ def test_stats_are_filled_and_readable(llm) -> None:
 
 # -- greedy text, determinism, seeds -----------------------------------------------------------
 def test_greedy_answers_and_is_deterministic(llm) -> None:
-    a = llm(PROMPT)
-    assert a.startswith(" Paris")
+    assert llm(PROMPT).startswith(" Paris")
+    a = llm(COUNT, repeat_penalty=1.0)
     llm.reset()
-    assert llm(PROMPT) == a
-    assert llm.generate(PROMPT) == a  # the reference's other spelling
+    assert llm(COUNT, repeat_penalty=1.0) == a
+    assert llm.generate(COUNT, repeat_penalty=1.0) == a  # the reference's other spelling
 
 
 def test_greedy_matches_the_core_loop(llm, model) -> None:
@@ -76,10 +84,10 @@ def test_greedy_matches_the_core_loop(llm, model) -> None:
 
     ctx = LlamaContext(model, LlamaContextParams(n_ctx=256))
     s = LlamaSampler().add_greedy()
-    toks = list(step_tokens(ctx, s, model.get_vocab().tokenize(PROMPT), 20))
+    toks = list(step_tokens(ctx, s, model.get_vocab().tokenize(COUNT), 20))
     ctx.close()
     s.close()
-    assert llm(PROMPT, max_tokens=20, repeat_penalty=1.0) == model.get_vocab().detokenize(toks)
+    assert llm(COUNT, max_tokens=20, repeat_penalty=1.0) == model.get_vocab().detokenize(toks)
 
 
 def test_same_seed_same_text_and_random_seed_varies(llm) -> None:
@@ -93,29 +101,29 @@ def test_same_seed_same_text_and_random_seed_varies(llm) -> None:
 
 # -- streaming, stops, UTF-8 -------------------------------------------------------------------
 def test_stream_and_on_token_give_the_same_text(llm) -> None:
-    full = llm(PROMPT, max_tokens=20)
+    full = llm(COUNT, max_tokens=20, repeat_penalty=1.0)
     seen: list[str] = []
-    chunks = list(llm(PROMPT, max_tokens=20, stream=True, on_token=seen.append))
+    chunks = list(llm(COUNT, max_tokens=20, repeat_penalty=1.0, stream=True, on_token=seen.append))
     assert "".join(chunks) == full and seen == chunks and len(chunks) > 5
     last = list(llm.stream(PROMPT, max_tokens=20))[-1]
     assert last.finish_reason == "length"
 
 
 def test_stop_sequence_across_token_boundaries(llm) -> None:
-    full = llm(PROMPT, max_tokens=32, repeat_penalty=1.0)
+    full = llm(DAYS, max_tokens=10, repeat_penalty=1.0)
     toks = llm.tokenize(full, add_bos=False)
     # a stop string that starts inside one token and ends inside a later one
     first = llm.detokenize(toks[:3])
     stop = full[len(first) - 2: len(first) + 3]
     assert len(stop) == 5 and stop in full
     expect = full[:full.find(stop)]
-    assert llm(PROMPT, max_tokens=32, repeat_penalty=1.0, stop_sequences=[stop]) == expect
-    streamed = list(llm(PROMPT, max_tokens=32, repeat_penalty=1.0, stop_sequences=[stop], stream=True))
+    assert llm(DAYS, max_tokens=10, repeat_penalty=1.0, stop_sequences=[stop]) == expect
+    streamed = list(llm(DAYS, max_tokens=10, repeat_penalty=1.0, stop_sequences=[stop], stream=True))
     assert "".join(streamed) == expect
     assert llm.last_stats.finish_reason == "stop"
     # several stops: the earliest wins; a stop that never occurs changes nothing
-    assert llm(PROMPT, max_tokens=32, repeat_penalty=1.0, stop=["zzzz", stop]) == expect
-    assert llm(PROMPT, max_tokens=32, repeat_penalty=1.0, stop=["zzzz"]) == full
+    assert llm(DAYS, max_tokens=10, repeat_penalty=1.0, stop=["zzzz", stop]) == expect
+    assert llm(DAYS, max_tokens=10, repeat_penalty=1.0, stop=["zzzz"]) == full
 
 
 def test_text_stream_never_splits_utf8_or_leaks_a_stop(model) -> None:
@@ -151,15 +159,16 @@ def test_ignore_eos_runs_to_max_tokens(llm) -> None:
 
 # -- KV prefix reuse and context sizing --------------------------------------------------------
 def test_growing_chat_reuses_its_history(model_path, llm) -> None:
-    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."}]
-    a = llm.chat(msgs, max_tokens=16)
+    # both answers have top-two logit margins > 1.4 over their 16 tokens
+    msgs = [{"role": "user", "content": SEQ}]
+    a = llm.chat(msgs, max_tokens=16, repeat_penalty=1.0)
     first = llm.last_stats
-    msgs += [{"role": "assistant", "content": a}, {"role": "user", "content": "Name another one."}]
-    b = llm.chat(msgs, max_tokens=16)
+    msgs += [{"role": "assistant", "content": a}, {"role": "user", "content": "Count from 1 to 10."}]
+    b = llm.chat(msgs, max_tokens=16, repeat_penalty=1.0)
     second = llm.last_stats
     assert second.cached_tokens >= first.prompt_tokens - 1
     assert second.prompt_tokens > first.prompt_tokens
-    with LLM(model_path, temperature=0.0, max_tokens=16) as fresh:
+    with LLM(model_path, temperature=0.0, max_tokens=16, repeat_penalty=1.0) as fresh:
         assert fresh.chat(msgs) == b  # reusing the cache does not change the answer
         assert fresh.last_stats.cached_tokens == 0
 
@@ -205,7 +214,7 @@ def test_context_full_finishes_with_length(model_path) -> None:
 
 # -- cancellation ------------------------------------------------------------------------------
 def test_cancel_between_tokens_keeps_the_object_usable(llm) -> None:
-    expected = llm(PROMPT, max_tokens=30, ignore_eos=True)
+    expected = llm(COUNT, max_tokens=30, ignore_eos=True, repeat_penalty=1.0)
     n = 0
 
     def on_token(_t: str) -> None:
@@ -215,10 +224,10 @@ def test_cancel_between_tokens_keeps_the_object_usable(llm) -> None:
             threading.Thread(target=llm.cancel).start()
             time.sleep(0.05)
 
-    out = llm(PROMPT, max_tokens=30, ignore_eos=True, on_token=on_token)
+    out = llm(COUNT, max_tokens=30, ignore_eos=True, repeat_penalty=1.0, on_token=on_token)
     assert llm.last_stats.finish_reason == "cancelled"
     assert 5 <= llm.last_stats.generated_tokens < 30 and expected.startswith(out)
-    assert llm(PROMPT, max_tokens=30, ignore_eos=True) == expected
+    assert llm(COUNT, max_tokens=30, ignore_eos=True, repeat_penalty=1.0) == expected
 
 
 def test_cancel_aborts_a_long_prompt_evaluation(model_path) -> None:
@@ -311,10 +320,11 @@ def test_threads_cannot_share_one_llm(llm) -> None:
 
 # -- chat and structured output ----------------------------------------------------------------
 def test_chat_uses_the_models_template(llm) -> None:
-    msgs = [{"role": "user", "content": "What is 2+2?"}]
+    msgs = [{"role": "user", "content": SEQ}]
     prompt = llm.format_chat(msgs)
-    assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
-    assert llm.chat(msgs, max_tokens=12) == llm(prompt, max_tokens=12, add_bos=False)
+    assert f"<|im_start|>user\n{SEQ}<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert llm.chat(msgs, max_tokens=12, repeat_penalty=1.0) == llm(prompt, max_tokens=12, add_bos=False,
+                                                                    repeat_penalty=1.0)
 
 
 def test_json_response_format_and_schema(llm) -> None:

@@ -33,7 +33,11 @@ from cyllama.llama_cpp import (
 
 from conftest import run_isolated
 
-PROMPT = "The capital of France is"
+# Tests that compare greedy text across runs that differ in batch shape (a run on a cached prefix
+# decodes the last prompt token alone) need a prompt without near-ties, so that rounding cannot flip
+# a token: PROMPT's top-two logit margins are > 3.2 over its first 32 tokens ("The capital of France
+# is" has 0.26 at the 6th).
+PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 FORMATS = ["chatml", "llama-2", "llama-3", "mistral-instruct", "gemma", "qwen", "phi-3", "zephyr", "vicuna",
            "alpaca", "openchat"]
 
@@ -228,7 +232,8 @@ def test_grammar(llm: Llama, tmp_path: Path) -> None:
 
 
 def test_logits_processor_logit_bias_and_stopping_criteria(llm: Llama) -> None:
-    first = greedy(llm, max_tokens=1)
+    prompt = "The capital of France is"  # with its first token banned: margins > 1.5 over 3 tokens
+    first = greedy(llm, prompt, max_tokens=1)
     banned = llm.tokenize(first["choices"][0]["text"].encode(), add_bos=False)[0]
     seen = []
 
@@ -237,17 +242,18 @@ def test_logits_processor_logit_bias_and_stopping_criteria(llm: Llama) -> None:
         scores[banned] = -np.inf
         return scores
 
-    out = greedy(llm, max_tokens=3, logits_processor=LogitsProcessorList([ban]))
+    out = greedy(llm, prompt, max_tokens=3, logits_processor=LogitsProcessorList([ban]))
     assert banned not in llm.tokenize(out["choices"][0]["text"].encode(), add_bos=False)
-    assert seen[0] == len(llm.tokenize(PROMPT.encode())) and seen == sorted(seen)
+    assert seen[0] == len(llm.tokenize(prompt.encode())) and seen == sorted(seen)
     # a processor returning a new array works too
-    out2 = greedy(llm, max_tokens=3, logits_processor=lambda ids, s: np.where(np.arange(len(s)) == banned, -1e9, s))
+    out2 = greedy(llm, prompt, max_tokens=3,
+                  logits_processor=lambda ids, s: np.where(np.arange(len(s)) == banned, -1e9, s))
     assert out2["choices"][0]["text"] == out["choices"][0]["text"]
-    biased = greedy(llm, max_tokens=3, logit_bias={str(banned): -100.0})
+    biased = greedy(llm, prompt, max_tokens=3, logit_bias={str(banned): -100.0})
     assert biased["choices"][0]["text"] == out["choices"][0]["text"]
-    n_prompt = len(llm.tokenize(PROMPT.encode()))
+    n_prompt = len(llm.tokenize(prompt.encode()))
     stop_after_2 = StoppingCriteriaList([lambda ids, logits: len(ids) >= n_prompt + 2])
-    out = greedy(llm, max_tokens=10, stopping_criteria=stop_after_2)
+    out = greedy(llm, prompt, max_tokens=10, stopping_criteria=stop_after_2)
     assert out["usage"]["completion_tokens"] == 2 and out["choices"][0]["finish_reason"] == "stop"
 
 
@@ -282,7 +288,8 @@ def test_draft_model(llm: Llama, model_path: Path) -> None:
     draft = LlamaPromptLookupDecoding(max_ngram_size=2, num_pred_tokens=4)
     assert draft(np.array([1, 2, 3, 9, 1, 2], dtype=np.intc)).tolist() == [3, 9, 1, 2]
     assert draft(np.array([1, 2, 3], dtype=np.intc)).tolist() == []
-    prompt = "the quick brown fox jumps over the lazy dog. the quick brown fox jumps over the lazy dog. the quick"
+    # repetitive, so that prompt lookup drafts tokens; no near-tie in the 10 tokens (margins > 6.5)
+    prompt = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3,"
     expected = greedy(llm, prompt, max_tokens=10)["choices"][0]["text"]
     spec = Llama(str(model_path), n_ctx=512, draft_model=draft, verbose=False)
     try:
@@ -338,7 +345,8 @@ def test_abandoned_stream_then_new_call(llm: Llama) -> None:
 
 
 # -- chat -----------------------------------------------------------------------------------
-MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello."}]
+# its greedy reply has top-two logit margins > 1.4 over 24 tokens (one without a near-tie, see PROMPT)
+MESSAGES = [{"role": "user", "content": "Continue the sequence: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"}]
 
 
 def test_chat_completion(llm: Llama, model_path: Path) -> None:
