@@ -26,16 +26,19 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ._config import GenerationConfig, GenerationStats
 from ._errors import CyllamaError
-from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt
+from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt, prefill_media
 from ._grammar_gate import GrammarSpec
 from ._speculative import Drafter, NgramLookup, PromptLookup
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams
 from .llama.model import LlamaModel
+
+if TYPE_CHECKING:
+    from .llama.mtmd.context import MtmdChunks, MtmdContext
 
 __all__ = ["Engine", "EngineRequest", "QueueFullError"]
 
@@ -53,9 +56,10 @@ class EngineRequest:
     _ids = itertools.count(1)
 
     def __init__(self, tokens: list[int], config: GenerationConfig, grammar: GrammarSpec | None,
-                 on_chunk: Callable[[GenerationChunk], None] | None):
+                 on_chunk: Callable[[GenerationChunk], None] | None, media: "MtmdChunks | None" = None):
         self.id = next(self._ids)
         self.tokens = tokens
+        self.media = media  # the prompt as text and media chunks (then ``tokens`` is empty)
         self.config = config
         self.grammar = grammar
         self._on_chunk = on_chunk
@@ -111,6 +115,8 @@ class _Slot:
     chunk_n: int = 0  # prompt tokens this slot put in the current step's batch
     drafter: Drafter | None = None  # speculative decoding: proposes tokens after the pending one
     drafts: list[int] | None = None  # this step's draft tokens, decoded after ``feed`` for verification
+    media_pending: bool = False  # a prompt with media, evaluated at the start of the next step
+    pos_delta: int = 0  # position minus cached units (M-RoPE models place images on fewer positions)
 
     @property
     def busy(self) -> bool:
@@ -127,13 +133,14 @@ class Engine:
 
     def __init__(self, model: LlamaModel, n_slots: int = 8, n_ctx: int | None = None, n_batch: int = 512,
                  prompt_chunk: int = 256, max_queue: int = 256, n_threads: int | None = None,
-                 lookup: int = 0, draft_budget: int = 8):
+                 lookup: int = 0, draft_budget: int = 8, mtmd: "MtmdContext | None" = None):
         if not isinstance(n_slots, int) or not 1 <= n_slots <= 256:
             raise ValueError(f"n_slots must be an int in 1..256, got {n_slots!r}")
         for name, v in (("lookup", lookup), ("draft_budget", draft_budget)):
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1024:
                 raise ValueError(f"{name} must be an int in 0..1024, got {v!r}")
         self.lookup, self.draft_budget = lookup, draft_budget
+        self.mtmd = mtmd  # a projector: requests may carry media chunks
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be a positive int, got {max_queue!r}")
         self.model = model
@@ -174,11 +181,25 @@ class Engine:
         return len(self._waiting)
 
     def submit(self, tokens: Sequence[int], config: GenerationConfig, grammar: GrammarSpec | None = None,
-               on_chunk: Callable[[GenerationChunk], None] | None = None) -> EngineRequest:
+               on_chunk: Callable[[GenerationChunk], None] | None = None,
+               media: "MtmdChunks | None" = None) -> EngineRequest:
         """Queues a generation for ``tokens``. ``on_chunk`` (called from the engine thread) replaces
-        the request's own queue; keep it cheap (e.g. ``loop.call_soon_threadsafe``)."""
+        the request's own queue; keep it cheap (e.g. ``loop.call_soon_threadsafe``). ``media``: the
+        prompt as text and media chunks instead of ``tokens`` (the engine needs ``mtmd=``); the
+        engine closes it when the request ends."""
         if self._closed:
             raise CyllamaError("the engine is closed")
+        if media is not None:
+            if self.mtmd is None:
+                media.close()
+                raise ValueError("this engine has no multimodal projector: media cannot be evaluated")
+            if media.n_tokens >= self.n_ctx_slot:
+                n = media.n_tokens
+                media.close()
+                raise ValueError(f"the prompt with its media takes {n} tokens but a slot's context holds "
+                                 f"{self.n_ctx_slot}")
+            req = EngineRequest([], config, grammar, on_chunk, media)
+            return self._enqueue(req)
         toks = [int(t) for t in tokens]
         if not toks:
             raise ValueError("the prompt is empty")
@@ -187,7 +208,9 @@ class Engine:
             toks = fit_prompt(toks, self.n_ctx_slot, config.max_tokens, config.truncate_prompt, self.vocab.bos)
         except ValueError:
             raise ValueError(f"the prompt has {len(toks)} tokens but a slot's context holds {self.n_ctx_slot}") from None
-        req = EngineRequest(toks, config, grammar, on_chunk)
+        return self._enqueue(EngineRequest(toks, config, grammar, on_chunk))
+
+    def _enqueue(self, req: EngineRequest) -> EngineRequest:
         with self._cv:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"the request queue is full ({self.max_queue} waiting)")
@@ -291,10 +314,12 @@ class Engine:
         slot.feed = None
         slot.gen = Generation.from_config(self.vocab, req.config, req.tokens, self.n_ctx_slot, req.grammar)
         slot.gen.cached_tokens = shared
-        slot.drafter = self._drafter_for(req.config)
+        slot.drafter = self._drafter_for(req.config) if req.media is None else None
         slot.drafts = None
+        slot.pos_delta = 0
+        slot.media_pending = req.media is not None
         req.completion_tokens = slot.gen.completion_tokens
-        self.metrics["prompt_tokens_total"] += len(req.tokens)
+        self.metrics["prompt_tokens_total"] += len(req.tokens) if req.media is None else req.media.n_tokens
         self.metrics["cached_prompt_tokens_total"] += shared
 
     def _drafter_for(self, cfg: GenerationConfig) -> Drafter | None:
@@ -319,11 +344,29 @@ class Engine:
         finally:
             cache.pop()
 
+    def _prefill_media(self, s: _Slot) -> None:
+        """Evaluates a slot's prompt of text and media on its own (images are encoded one by one),
+        then samples its first token from the last prompt token's logits."""
+        s.media_pending = False
+        gen = s.gen
+        gen.prompt_tokens = s.req.media.n_tokens
+        pos = prefill_media(self.ctx, gen, self.mtmd, s.req.media, s.cache, s.seq)
+        s.pos_delta = pos - len(s.cache)
+        gen.prompt_evaluated()
+        s.out_index = -1
+        self._sample(s)
+
     def _step(self) -> None:
         self._admit()
         for s in self.slots:
             if s.busy and s.req.cancelled:
                 self._finish(s, "cancelled")
+        for s in self.slots:
+            if s.busy and s.media_pending:
+                try:
+                    self._prefill_media(s)
+                except BaseException as exc:
+                    self._finish(s, "error", exc)
         batch = self._batch
         batch.clear()
         budget = self.n_batch
@@ -336,7 +379,7 @@ class Engine:
         # generating sequences first: the pending token and any draft tokens, all with logits
         for s in generating:
             s.drafts = self._draft(s, min(cap, budget - len(s.feed) - 1)) if s.drafter is not None and cap > 0 else None
-            pos = len(s.cache)
+            pos = len(s.cache) + s.pos_delta
             for j, tok in enumerate(s.feed):
                 batch.add(tok, pos + j, s.seq, j == len(s.feed) - 1)
             s.out_index = batch.n_tokens - 1
@@ -349,7 +392,7 @@ class Engine:
         for s in self.slots:
             if budget <= 0:
                 break
-            if s.busy and s.feed is None and s.req is not None:
+            if s.busy and s.feed is None and s.req is not None and s.req.media is None:
                 toks = s.req.tokens
                 n = min(len(toks) - s.prompt_pos, self.prompt_chunk, budget)
                 if n <= 0:
@@ -433,6 +476,9 @@ class Engine:
         key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")
         self.metrics[key] += 1
         s.req, s.gen, s.feed, s.cache = None, None, None, None
+        s.media_pending, s.pos_delta = False, 0
+        if req.media is not None:
+            req.media.close()
         try:
             self.ctx.kv_cache_seq_rm(s.seq, -1, -1)
         except Exception:

@@ -21,6 +21,7 @@ when logprobs or a Python logits processor ask for them.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from .llama.vocab import LlamaVocab
 if TYPE_CHECKING:
     from ._config import GenerationConfig, GenerationStats
     from ._speculative import Drafter
+    from .llama.mtmd.context import MtmdChunks, MtmdContext
 
 __all__ = ["GenerationChunk", "CancelToken", "Generation", "TextStream", "run_sequence", "fit_prompt",
            "generate_step", "stream_generate", "sample_token", "common_prefix", "StreamStats",
@@ -115,7 +117,7 @@ def eval_prompt(ctx: LlamaContext, tokens: Sequence[int], pos0: int = 0, seq_id:
         raise ValueError(f"the prompt ({n} tokens{f' after {pos0} cached' if pos0 else ''}) does not fit "
                          f"the context of {ctx.n_ctx} tokens")
     step = ctx.n_batch
-    batch = LlamaBatch(min(step, n), 0, 1)
+    batch = LlamaBatch(min(step, n), 0, seq_id + 1)  # its check takes n_seq_max as the id bound
     if cancel is not None:
         ctx.set_abort_callback(lambda: cancel.cancelled)
     try:
@@ -327,9 +329,66 @@ class Generation:
 
 
 # -- the single-sequence driver --------------------------------------------------------------------
+def media_units(chunks: "MtmdChunks") -> tuple[list[int], list[tuple[int, int, int, int]]]:
+    """A prompt's chunks as one list of cache units: text tokens as themselves, each media
+    embedding as a negative number derived from the media's id (so the same image in the same
+    place matches in the cache), and each chunk's ``(start, end, index, type)`` in that list."""
+    units: list[int] = []
+    bounds: list[tuple[int, int, int, int]] = []
+    for i, (kind, value) in enumerate(chunks):
+        start = len(units)
+        if kind == 0:
+            units.extend(value)
+        else:
+            key = -1 - (int(hashlib.sha256(str(value).encode()).hexdigest()[:7], 16))
+            units.extend([key] * chunks.n_tokens_of(i))
+        bounds.append((start, len(units), i, kind))
+    return units, bounds
+
+
+def prefill_media(ctx: LlamaContext, gen: Generation, mctx: "MtmdContext", chunks: "MtmdChunks", cache: list[int],
+                  seq_id: int = 0, cancel: CancelToken | None = None) -> int:
+    """Evaluates a prompt of text and media chunks on ``seq_id``, reusing the cached prefix (media
+    included: an image already in the cache at the same place is not encoded again); returns the
+    next position, or -1 when cancelled."""
+    units, bounds = media_units(chunks)
+    if not bounds or bounds[-1][3] != 0:
+        raise ValueError("the prompt must end with text after its last image or audio clip")
+    if mctx.uses_mrope:  # positions are not unit indexes there: evaluate everything afresh
+        n = 0
+        ctx.kv_cache_seq_rm(seq_id, -1, -1)
+        del cache[:]
+    else:
+        n = common_prefix(cache, units, len(units) - 1)
+        for u0, u1, _, kind in bounds:  # never keep part of a media chunk
+            if kind != 0 and u0 < n < u1:
+                n = u0
+        if n < len(cache):
+            if not ctx.kv_cache_seq_rm(seq_id, n, -1):
+                ctx.kv_cache_seq_rm(seq_id, -1, -1)
+                n = 0
+            del cache[n:]
+    gen.cached_tokens = n
+    pos = n
+    for u0, u1, i, kind in bounds:
+        if u1 <= n:
+            continue
+        if cancel is not None and cancel.cancelled:
+            return -1
+        if kind == 0:
+            pos = eval_prompt(ctx, units[max(u0, n):u1], pos, seq_id, cache, cancel)
+            if pos < 0:
+                return -1
+        else:
+            pos = mctx.eval_chunk(ctx, chunks, i, pos, seq_id)
+            cache.extend(units[u0:u1])
+    return pos
+
+
 def run_sequence(ctx: LlamaContext, gen: Generation, prompt: Sequence[int], *, cache: list[int] | None = None,
                  seq_id: int = 0, cancel: CancelToken | None = None,
-                 drafter: "Drafter | None" = None) -> Iterator[GenerationChunk]:
+                 drafter: "Drafter | None" = None,
+                 media: "tuple[MtmdContext, MtmdChunks] | None" = None) -> Iterator[GenerationChunk]:
     """Drives ``gen`` on sequence ``seq_id`` of ``ctx``; yields its chunks, the last with ``finish_reason``.
 
     ``cache`` (the tokens whose KV the sequence holds) enables prefix reuse and is kept up to date,
@@ -337,16 +396,21 @@ def run_sequence(ctx: LlamaContext, gen: Generation, prompt: Sequence[int], *, c
     With a ``drafter`` (speculative decoding) each step decodes the sampled token together with the
     tokens the drafter proposes, and ``gen`` samples at each drafted position in turn: a draft token
     is kept only while it is what the target's own sampler picks, so the output is the one
-    decoding without a drafter would give.
+    decoding without a drafter would give. ``media``: a projector and the prompt tokenized with
+    its images (``prompt`` is then ignored), see :func:`prefill_media`.
     """
-    if len(prompt) == 0:
+    if len(prompt) == 0 and media is None:
         raise ValueError("the prompt is empty")
     if cache is None:
         cache = []
         ctx.kv_cache_seq_rm(seq_id, -1, -1)
-    n_reused = reuse_prefix(ctx, cache, prompt, seq_id)
-    gen.cached_tokens = n_reused
-    pos = eval_prompt(ctx, prompt[n_reused:], n_reused, seq_id, cache, cancel)
+    if media is not None:
+        drafter = None  # drafts are token ids; a prompt with media has none to copy
+        pos = prefill_media(ctx, gen, media[0], media[1], cache, seq_id, cancel)
+    else:
+        n_reused = reuse_prefix(ctx, cache, prompt, seq_id)
+        gen.cached_tokens = n_reused
+        pos = eval_prompt(ctx, prompt[n_reused:], n_reused, seq_id, cache, cancel)
     gen.prompt_evaluated()
     if pos < 0:
         yield gen.finish("cancelled")
@@ -354,7 +418,7 @@ def run_sequence(ctx: LlamaContext, gen: Generation, prompt: Sequence[int], *, c
     n_draft = min(drafter.n_max, ctx.n_batch - 1) if drafter is not None else 0
     if drafter is not None:
         drafter.begin(cache)
-    batch = LlamaBatch(1 + n_draft, 0, 1)
+    batch = LlamaBatch(1 + n_draft, 0, seq_id + 1)
     try:
         if cancel is not None and cancel.cancelled:
             yield gen.finish("cancelled")

@@ -18,9 +18,11 @@ from ._embedding import Embedder, model_pooling
 from ._generation import CancelToken, Generation, GenerationChunk, fit_prompt, run_sequence
 from ._grammar_gate import GrammarSpec
 from ._guard import GenerationGuard
+from ._media import has_media, media_bytes, split_media
 from ._speculative import (ChainDrafter, DraftModel, Drafter, NgramLookup, PromptLookup, Speculative,
                            SpeculativeParams, check_compatible)
 from .llama.context import LlamaContext, LlamaContextParams
+from .llama.mtmd.context import MtmdChunks, MtmdContext
 from .llama.model import LlamaModel, LlamaModelParams
 
 __all__ = ["LLM", "Generator", "complete", "generate", "chat"]
@@ -53,12 +55,18 @@ class LLM:
     vocabulary) drafts tokens that the model verifies in one batch (``speculative`` tunes it), and
     ``prompt_lookup_num_tokens=N`` drafts by copying from the prompt; both keep the output exactly
     what it would be without them. ``last_stats`` reports drafted and accepted tokens.
+
+    Images and audio: ``mmproj`` (the model's multimodal projector GGUF) lets :meth:`chat` take
+    OpenAI content parts (``{"type": "image_url", "image_url": {"url": "data:..." | path}}``,
+    ``{"type": "input_audio", ...}``); an image already in the KV cache from an earlier turn is
+    not encoded again.
     """
 
     def __init__(self, model_path: str | os.PathLike, config: GenerationConfig | None = None,
                  verbose: bool = False, *, chat_template: str | None = None,
                  draft_model: "str | os.PathLike | LLM | LlamaModel | None" = None,
-                 speculative: SpeculativeParams | None = None, **kwargs: Any):
+                 speculative: SpeculativeParams | None = None, mmproj: str | os.PathLike | None = None,
+                 **kwargs: Any):
         if config is not None and not isinstance(config, GenerationConfig):
             raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
         if speculative is not None and not isinstance(speculative, SpeculativeParams):
@@ -71,12 +79,16 @@ class LLM:
         self._draft_model: LlamaModel | None = None
         self._owns_draft = False
         self._spec: Speculative | None = None
-        if draft_model is not None:
-            try:
+        self.mtmd: MtmdContext | None = None
+        try:
+            if draft_model is not None:
                 self._attach_draft(draft_model)
-            except BaseException:
-                self.model.close()
-                raise
+            if mmproj is not None:
+                self.mtmd = MtmdContext(mmproj, self.model, use_gpu=self.config.n_gpu_layers != 0,
+                                        n_threads=self.config.n_threads)
+        except BaseException:
+            self.model.close()
+            raise
         self.vocab = self.model.get_vocab()
         self._chat_template_source = chat_template
         self._chat_template: Any = None
@@ -219,28 +231,46 @@ class LLM:
         return self.run(tokens, cfg, _grammar_for(cfg, response_format), wait)
 
     def run(self, tokens: Sequence[int], config: GenerationConfig, grammar: GrammarSpec | None = None,
-            wait: bool = False) -> Iterator[GenerationChunk]:
+            wait: bool = False, media: "MtmdChunks | None" = None) -> Iterator[GenerationChunk]:
         """The generation of already-checked prompt ``tokens`` with ``config`` (and a GBNF
         ``grammar``): what :meth:`stream` and the OpenAI layer drive. With ``wait`` a call from
-        another thread waits for the running generation instead of raising ``RuntimeError``."""
+        another thread waits for the running generation instead of raising ``RuntimeError``.
+        ``media``: the prompt as text and media chunks (``tokens`` is then ignored); it is closed
+        when the generation ends."""
+        if media is not None and self.mtmd is None:
+            raise ValueError("images and audio need a multimodal projector: LLM(model, mmproj=...)")
         me: list[Iterator[GenerationChunk]] = []
-        gen = self._drive(list(tokens), config, grammar, me, wait)
+        gen = self._drive(list(tokens), config, grammar, me, wait, media)
         me.append(gen)
         return gen
 
     def _drive(self, tokens: list[int], cfg: GenerationConfig, grammar: GrammarSpec | None,
-               me: list[Iterator[GenerationChunk]], wait: bool) -> Iterator[GenerationChunk]:
-        self._guard.acquire(me[0], blocking=wait)
+               me: list[Iterator[GenerationChunk]], wait: bool,
+               media: "MtmdChunks | None" = None) -> Iterator[GenerationChunk]:
+        try:
+            self._guard.acquire(me[0], blocking=wait)
+        except BaseException:
+            if media is not None:
+                media.close()
+            raise
         g = None
         try:
-            ctx = self._context_for(cfg, len(tokens))
-            if len(tokens) >= ctx.n_ctx:
-                raise ValueError(f"the prompt has {len(tokens)} tokens but the context holds {ctx.n_ctx}")
-            g = Generation.from_config(self.vocab, cfg, tokens, ctx.n_ctx, grammar)
+            n_prompt = media.n_tokens if media is not None else len(tokens)
+            ctx = self._context_for(cfg, n_prompt)
+            if n_prompt >= ctx.n_ctx:
+                raise ValueError(f"the prompt has {n_prompt} tokens but the context holds {ctx.n_ctx}")
+            history = tokens if media is None else [t for k, v in media if k == 0 for t in v]
+            g = Generation.from_config(self.vocab, cfg, history, ctx.n_ctx, grammar)
+            g.prompt_tokens = n_prompt  # media embeddings count as prompt tokens, as in llama-server
             self._cancel.reset()
             yield from run_sequence(ctx, g, tokens, cache=self._cache, cancel=self._cancel,
-                                    drafter=self._drafter(cfg, ctx))
+                                    drafter=self._drafter(cfg, ctx) if media is None else None,
+                                    media=(self.mtmd, media) if media is not None else None)
         finally:
+            if media is not None:
+                for b in media._bitmaps:
+                    b.close()
+                media.close()
             if g is not None:
                 g.close()
                 self.last_stats = g.stats()
@@ -290,9 +320,33 @@ class LLM:
     def chat_stream(self, messages: Sequence[Mapping[str, Any]], config: GenerationConfig | None = None, *,
                     response_format: Mapping[str, Any] | None = None, tools: Any = None,
                     template_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        """Like :meth:`stream`, for a list of ``{"role", "content"}`` messages."""
+        """Like :meth:`stream`, for a list of ``{"role", "content"}`` messages (with ``mmproj``,
+        content may hold image and audio parts)."""
+        if has_media(messages):
+            cfg = self._config(config, kwargs)
+            chunks = self.media_prompt(messages, tools=tools, template_kwargs=template_kwargs)
+            return self.run([], cfg, _grammar_for(cfg, response_format), media=chunks)
         tokens = self._chat_tokens(messages, tools, template_kwargs or {})
         return self.stream(tokens, config, response_format=response_format, **kwargs)
+
+    def media_prompt(self, messages: Sequence[Mapping[str, Any]], *, tools: Any = None,
+                     template_kwargs: Mapping[str, Any] | None = None, allow_files: bool = True,
+                     rendered: str | None = None) -> "MtmdChunks":
+        """A conversation with image/audio parts, rendered by the chat template and tokenized with
+        its media (for :meth:`run`). Image sources: ``data:`` URLs, and (``allow_files``) paths."""
+        if self.mtmd is None:
+            raise ValueError("image and audio parts need a multimodal projector: LLM(model, mmproj=...)")
+        msgs, sources = split_media(messages, self.mtmd.marker)
+        text = rendered if rendered is not None else self.format_chat(msgs, True, tools, **(template_kwargs or {}))
+        bitmaps: list[Any] = []
+        try:
+            for src in sources:
+                bitmaps.append(self.mtmd.bitmap(media_bytes(src, allow_files=allow_files)))
+            return self.mtmd.tokenize(text, bitmaps, add_special=self.vocab.add_bos, parse_special=True)
+        except BaseException:
+            for b in bitmaps:
+                b.close()
+            raise
 
     def chat(self, messages: Sequence[Mapping[str, Any]], config: GenerationConfig | None = None,
              stream: bool = False, on_token: Callable[[str], None] | None = None, *,
@@ -342,6 +396,8 @@ class LLM:
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+        if self.mtmd is not None:
+            self.mtmd.close()
         self.model.close()
 
     def __enter__(self) -> "LLM":

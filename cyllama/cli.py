@@ -54,6 +54,8 @@ def _load(args: argparse.Namespace):
         kw["n_ctx"] = args.n_ctx
     if args.threads:
         kw["n_threads"] = args.threads
+    if getattr(args, "mmproj", None):
+        kw["mmproj"] = args.mmproj
     return LLM(model_path, verbose=args.verbose, **kw)
 
 
@@ -71,7 +73,14 @@ def _generate(args: argparse.Namespace) -> int:
     schema = _schema_arg(args)
     with _load(args) as llm:
         kw = {"json_schema": schema} if schema is not None else {}
-        if args.raw or not llm.model.chat_template():
+        images = getattr(args, "image", None) or []
+        if images:
+            if not args.mmproj:
+                raise ValueError("--image needs the model's projector: --mmproj FILE")
+            parts = [{"type": "image_url", "image_url": {"url": path}} for path in images]
+            chunks = llm.chat_stream([{"role": "user", "content": parts + [{"type": "text", "text": args.prompt}]}],
+                                     **kw)
+        elif args.raw or not llm.model.chat_template():
             chunks = llm.stream(args.prompt, **kw)
         else:
             chunks = llm.chat_stream([{"role": "user", "content": args.prompt}], **kw)
@@ -126,7 +135,8 @@ def _serve(args: argparse.Namespace) -> int:
     model_path = args.model or _assets.default_model_path()
     kw = dict(n_ctx=args.n_ctx or 2048, n_gpu_layers=args.n_gpu_layers, n_parallel=args.parallel,
               n_threads=args.threads or None, api_key=args.api_key or None, max_queue=args.max_queue,
-              model_alias=args.alias, cors_origins=args.cors_origin or None, lookup=args.lookup)
+              model_alias=args.alias, cors_origins=args.cors_origin or None, lookup=args.lookup,
+              mmproj=args.mmproj)
     if args.mongoose:
         import signal
         import threading
@@ -175,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     g.add_argument("--raw", action="store_true", help="do not apply the model's chat template")
     g.add_argument("--json-schema", metavar="FILE", help="constrain the output to this JSON schema")
+    g.add_argument("--mmproj", metavar="FILE", help="the model's multimodal projector (for --image)")
+    g.add_argument("--image", action="append", metavar="FILE", help="an image (or audio file) to ask about "
+                   "(repeatable; needs --mmproj)")
     g.set_defaults(fn=_generate)
     c = sub.add_parser("chat", help="interactive chat that keeps the conversation")
     _common(c, 512)
@@ -197,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lookup", type=int, default=0, metavar="N",
                    help="speculative decoding by prompt lookup: draft up to N tokens per step while few "
                         "sequences share the batch (default 0: off; requests may set prompt_lookup_num_tokens)")
+    s.add_argument("--mmproj", metavar="FILE", help="the model's multimodal projector: chat messages may carry "
+                   "images (data: URLs) and audio")
     s.add_argument("--mongoose", action="store_true", help="serve with the Mongoose C event loop (cymongoose)")
     s.set_defaults(fn=_serve)
     return ap

@@ -25,6 +25,7 @@ import numpy as np
 from .._config import GenerationConfig
 from .._generation import GenerationChunk
 from .._grammar_gate import GrammarSpec
+from .._media import has_media
 from ..llama.model import LlamaModel
 from ..llama.sampler import LlamaSampler
 from . import tool_formats as _formats
@@ -61,6 +62,7 @@ class Job:
     tokens: list[int]
     config: GenerationConfig
     grammar: GrammarSpec | None
+    media: Callable[[], Any] | None = None  # makes the prompt's text and media chunks (tokens is then empty)
 
 
 @dataclass
@@ -263,8 +265,10 @@ class OpenAIService:
     def __init__(self, model: LlamaModel, *, n_ctx: int, base: GenerationConfig, model_id: str,
                  model_ids: Iterable[str] = (), strict_model: bool = False, chat_template: Any = None,
                  embed: Callable[[list[list[int]]], Sequence[np.ndarray]] | None = None,
-                 default_completion_tokens: int | None = 16):
+                 default_completion_tokens: int | None = 16, mtmd: Any = None, media_files: bool = False):
         self.model = model
+        self.mtmd = mtmd  # an MtmdContext: chat messages may carry image/audio parts
+        self.media_files = media_files  # image URLs may name local files (in-process use only)
         self.vocab = model.get_vocab()
         self.n_ctx = n_ctx
         self.base = base
@@ -421,15 +425,40 @@ class OpenAIService:
                     kind = part.get("type")
                     if kind == "text" and isinstance(part.get("text"), str):
                         texts.append(part["text"])
+                    elif kind in ("image_url", "input_audio") and self.mtmd is not None:
+                        texts = None  # kept as parts: _media_plan puts the media marker in their place
+                        break
                     elif kind in ("image_url", "input_audio", "file"):
                         raise InvalidRequestError(f"messages[{i}].content[{j}]: {kind} parts need a multimodal "
-                                                  "model (none is loaded)", f"messages[{i}].content")
+                                                  "model (none is loaded: start it with --mmproj)",
+                                                  f"messages[{i}].content")
                     else:
                         raise InvalidRequestError(f"messages[{i}].content[{j}] must be a content part like "
                                                   '{"type": "text", "text": ...}', f"messages[{i}].content")
-                d["content"] = "".join(texts)
+                if texts is not None:
+                    d["content"] = "".join(texts)
             out.append(d)
         return out
+
+    def _media_plan(self, msgs: list[dict[str, Any]], render: Callable[[list[dict[str, Any]]], str]) -> Any:
+        """For messages with image/audio parts: a function making the prompt's chunks (one call
+        per job), after checking every image now (a bad one is the request's 400)."""
+        from .._media import media_bytes, split_media
+
+        mt = self.mtmd
+        try:
+            msgs, sources = split_media(msgs, mt.marker)
+            text = render(msgs)
+            bitmaps = [mt.bitmap(media_bytes(src, allow_files=self.media_files)) for src in sources]
+            chunks = mt.tokenize(text, bitmaps, add_special=self.vocab.add_bos, parse_special=True)
+        except (ValueError, FileNotFoundError, TypeError) as exc:
+            raise InvalidRequestError(str(exc), "messages") from None
+        n = chunks.n_tokens
+        chunks.close()
+
+        def make() -> Any:
+            return mt.tokenize(text, bitmaps, add_special=self.vocab.add_bos, parse_special=True)
+        return make, n
 
     def chat(self, body: Mapping[str, Any] | ChatCompletionRequest, base: GenerationConfig | None = None) -> Plan:
         """The plan of a chat request (``base``: the config its fields change, instead of the service's)."""
@@ -457,21 +486,34 @@ class OpenAIService:
         msgs, template_tools = tp.messages, tp.template_tools
         from ..chat_template import ChatTemplateError
 
-        try:
-            text = self.template().render(msgs, add_generation_prompt=True, tools=template_tools,
-                                          **(req.chat_template_kwargs or {}))
-        except ChatTemplateError as exc:
-            raise InvalidRequestError(str(exc), "messages") from None
-        # the template writes its own BOS; the tokenizer adds one only when the model says so
-        tokens = self._fit(self.vocab.tokenize(text, add_special=self.vocab.add_bos, parse_special=True), "messages")
+        def render(m: list[dict[str, Any]]) -> str:
+            try:
+                return self.template().render(m, add_generation_prompt=True, tools=template_tools,
+                                              **(req.chat_template_kwargs or {}))
+            except ChatTemplateError as exc:
+                raise InvalidRequestError(str(exc), "messages") from None
+
+        media = None
+        if self.mtmd is not None and has_media(msgs):
+            media, n_media_tokens = self._media_plan(msgs, render)
+            if n_media_tokens >= self.n_ctx:
+                raise InvalidRequestError(f"the messages (with their media) take {n_media_tokens} tokens; the "
+                                          f"context holds {self.n_ctx}", "messages", code="context_length_exceeded")
+            tokens = []
+            n_prompt = n_media_tokens
+        else:
+            # the template writes its own BOS; the tokenizer adds one only when the model says so
+            tokens = self._fit(self.vocab.tokenize(render(msgs), add_special=self.vocab.add_bos, parse_special=True),
+                               "messages")
+            n_prompt = len(tokens)
         cfg = self._config(req, req.max_completion_tokens or req.max_tokens or
-                           (None if req.n_predict in (None, -1) else req.n_predict), len(tokens), base)
+                           (None if req.n_predict in (None, -1) else req.n_predict), n_prompt, base)
         if req.logprobs:
             cfg = cfg.replace(logprobs=True, top_logprobs=req.top_logprobs or 0)
         grammar = tp.grammar or self._grammar(req)
         n = req.n or 1
-        jobs = [Job(i, tokens, self._seeded(cfg, i), grammar) for i in range(n)]
-        asm = _ChatAssembler(self, head, n, len(tokens),
+        jobs = [Job(i, tokens, self._seeded(cfg, i), grammar, media) for i in range(n)]
+        asm = _ChatAssembler(self, head, n, n_prompt,
                              bool(req.stream and req.stream_options and req.stream_options.include_usage),
                              bool(req.logprobs), forced=tp.forced, names=tp.names, fmt=tp.fmt)
         return Plan(jobs, bool(req.stream), asm)
@@ -588,9 +630,11 @@ class OpenAIService:
 
     # -- models ----------------------------------------------------------------------------
     def model_card(self) -> dict[str, Any]:
+        modalities = self.mtmd.modalities if self.mtmd is not None else ["text"]
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "cyllama",
+                "modalities": modalities,
                 "meta": {"n_ctx": self.n_ctx, "n_params": self.model.n_params, "n_vocab": self.vocab.n_vocab,
-                         "n_embd": self.model.n_embd}}
+                         "n_embd": self.model.n_embd, "modalities": modalities}}
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [self.model_card()]}

@@ -50,7 +50,7 @@ def _new_service(llm: LLM, base: Any, model_id: str) -> OpenAIService:
     n_ctx = llm.config.n_ctx or llm.model.n_ctx_train or 4096
     return OpenAIService(llm.model, n_ctx=n_ctx, base=base, model_id=model_id, model_ids=(llm.model_path.name,),
                          chat_template=llm._template(), embed=lambda toks: _embed(llm, toks),
-                         default_completion_tokens=None)
+                         default_completion_tokens=None, mtmd=llm.mtmd, media_files=True)
 
 
 def _embed(llm: LLM, token_lists: list[list[int]]) -> Any:
@@ -61,7 +61,8 @@ def _embed(llm: LLM, token_lists: list[list[int]]) -> Any:
 def run_on(llm: LLM, plan: Any) -> Any:
     """Runs an OpenAI-layer plan on ``llm``, one job after another: a dict, or an iterator of dicts."""
     def run(job: Job) -> Iterator[Any]:
-        return llm.run(job.tokens, job.config, job.grammar, wait=True)
+        return llm.run(job.tokens, job.config, job.grammar, wait=True,
+                       media=job.media() if job.media is not None else None)
 
     def generated() -> int:
         st = llm.last_stats

@@ -178,6 +178,19 @@ class LlamaContext(NativeHandle):
             raise DecodeError(rc)
         return 0
 
+    def _decode_outside(self, run: Any, logits_last: bool) -> Any:
+        """Runs ``run()``, a decode made by another library (libmtmd's media evaluation), under this
+        context's thread check, then records its outputs: the last token's logits, or none."""
+        self.ptr
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("LlamaContext is being used by another thread")
+        try:
+            rc = run()
+        finally:
+            self._busy.release()
+        self._n_outputs, self._out_flags = (1 if logits_last and rc == 0 else 0), None
+        return rc
+
     def encode(self, batch: LlamaBatch) -> int:
         """Runs an encoder (for encoder-decoder and embedding models)."""
         ptr = self.ptr

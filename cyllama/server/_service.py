@@ -26,12 +26,17 @@ class ModelService:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 2048, n_gpu_layers: int = 99,
                  n_parallel: int = 4, n_threads: int | None = None, max_queue: int = 64,
                  model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None,
-                 lookup: int = 0):
+                 lookup: int = 0, mmproj: str | os.PathLike | None = None):
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers))
+        self.mtmd = None
         try:
             self.vocab = self.model.get_vocab()
+            if mmproj is not None:
+                from ..llama.mtmd.context import MtmdContext
+
+                self.mtmd = MtmdContext(mmproj, self.model, use_gpu=n_gpu_layers != 0, n_threads=n_threads)
             self.engine = Engine(self.model, n_slots=n_parallel, n_ctx=n_ctx, n_batch=n_batch, max_queue=max_queue,
-                                 n_threads=n_threads, lookup=lookup)
+                                 n_threads=n_threads, lookup=lookup, mtmd=self.mtmd)
         except BaseException:
             self.model.close()
             raise
@@ -42,7 +47,7 @@ class ModelService:
         self.openai = OpenAIService(
             self.model, n_ctx=self.engine.n_ctx_slot, base=server_defaults(self.engine.n_ctx_slot),
             model_id=self.model_id, model_ids=(self.model.path.name, self.model.path.stem, str(self.model.path)),
-            strict_model=True, chat_template=chat_template, embed=self._embed)
+            strict_model=True, chat_template=chat_template, embed=self._embed, mtmd=self.mtmd)
         self.counters = {"http_requests_total": 0, "http_errors_total": 0, "client_disconnects_total": 0}
 
     def _embed(self, token_lists: list[list[int]]) -> Any:
@@ -53,7 +58,8 @@ class ModelService:
 
     def submit(self, job: Job, on_chunk: Callable[[GenerationChunk], None]) -> EngineRequest:
         try:
-            return self.engine.submit(job.tokens, job.config, job.grammar, on_chunk=on_chunk)
+            return self.engine.submit(job.tokens, job.config, job.grammar, on_chunk=on_chunk,
+                                      media=job.media() if job.media is not None else None)
         except QueueFullError as exc:
             raise ApiError(str(exc), None, 503, "queue_full", "server_overloaded") from None
         except ValueError as exc:

@@ -297,13 +297,14 @@ class EmbeddedServer:
                  n_ctx: int = 2048, n_gpu_layers: int = 99, n_parallel: int = 4, n_threads: int | None = None,
                  api_key: str | None = None, max_queue: int = 64, model_alias: str | None = None,
                  chat_template: str | None = None, log_level: str = "warning",
-                 cors_origins: list[str] | None = None, lookup: int = 0):
+                 cors_origins: list[str] | None = None, lookup: int = 0,
+                 mmproj: str | os.PathLike | None = None):
         self.host, self.port = host, port
         self.api_key = api_key
         self.log_level = log_level
         self.service = ModelService(model_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_parallel=n_parallel,
                                     n_threads=n_threads, max_queue=max_queue, model_alias=model_alias,
-                                    chat_template=chat_template, lookup=lookup)
+                                    chat_template=chat_template, lookup=lookup, mmproj=mmproj)
         self.app = create_app(self.service, api_key, cors_origins=cors_origins)
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -376,7 +377,8 @@ def start_server(model_path: str | os.PathLike, host: str = "127.0.0.1", port: i
 
     Extra keyword arguments: ``n_parallel`` (slots, default 4), ``n_threads``, ``api_key``,
     ``max_queue``, ``model_alias``, ``chat_template``, ``log_level``, ``cors_origins``, ``lookup``
-    (speculative decoding by prompt lookup: up to that many draft tokens per step).
+    (speculative decoding by prompt lookup: up to that many draft tokens per step), ``mmproj``
+    (a multimodal projector: chat messages may carry images as data: URLs, and audio).
     """
     server = EmbeddedServer(model_path, host, port, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, **kwargs)
     if not block:
