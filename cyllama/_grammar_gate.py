@@ -85,7 +85,7 @@ class GrammarGate:
     """One sequence's grammar, applied after the sampler chain (see the module docstring)."""
 
     __slots__ = ("vocab", "_grammar", "_gptr", "_lazy", "active", "_buf", "_off", "_starts", "_toks",
-                 "_given_up", "_cells", "_view", "_ids", "_arr", "_one", "_one_arr")
+                 "_given_up", "_min_start", "_cells", "_view", "_ids", "_arr", "_one", "_one_arr")
 
     def __init__(self, vocab: "LlamaVocab", spec: GrammarSpec):
         self.vocab = vocab
@@ -96,6 +96,7 @@ class GrammarGate:
         self._given_up = False
         self._buf = ""  # lazy: the text so far (less ``_off`` dropped characters), where each token starts
         self._off = 0
+        self._min_start = 0  # absolute text offset before which no trigger is tried (one failed there)
         self._starts: list[int] = []
         self._toks: list[int] = []
         n = vocab.n_vocab
@@ -157,13 +158,20 @@ class GrammarGate:
         return int(a.data[a.selected].id)
 
     # -- the lazy trigger -------------------------------------------------------------------
+    def reset(self) -> None:
+        """Back to the state before the first token (a lazy grammar waits for its trigger again)."""
+        self._grammar.reset()
+        self.active = self._lazy is None
+        self._given_up = False
+        self._buf, self._off, self._starts, self._toks, self._min_start = "", 0, [], [], 0
+
     def accepted(self, token: int) -> None:
         """Tells a lazy gate about a token the generation took (while it waits for its trigger)."""
         if self.active or self._given_up or self._lazy is None:
             return
         lazy = self._lazy
         if token in lazy.trigger_tokens:
-            self._switch_on([token])
+            self._switch_on([token], None)
             return
         if not lazy._compiled:
             return
@@ -171,11 +179,13 @@ class GrammarGate:
         self._toks.append(token)
         self._buf += self.vocab.token_to_piece(token, special=True)
         buf = self._buf
+        # a trigger that did not fit the grammar is not tried again: search after it
+        floor = max(0, self._min_start - self._off)
         for pat in lazy._compiled:
             anchored = pat.pattern.startswith("^")
-            if anchored and (self._off or len(buf) > _ANCHORED_WINDOW):
+            if anchored and (self._off or self._min_start or len(buf) > _ANCHORED_WINDOW):
                 continue
-            m = pat.search(buf) if anchored else pat.search(buf, max(0, len(buf) - _TAIL_WINDOW))
+            m = pat.search(buf) if anchored else pat.search(buf, max(floor, len(buf) - _TAIL_WINDOW))
             if m is None:
                 continue
             start = next((m.start(i) for i in range(1, (m.lastindex or 0) + 1) if m.group(i)), m.start())
@@ -195,19 +205,20 @@ class GrammarGate:
 
     def _trigger_at(self, start: int) -> None:
         # the grammar takes whole tokens: begin with the token holding ``start`` when what precedes
-        # ``start`` in it is white space (the grammars we build allow leading space), else give up
+        # ``start`` in it is white space (the grammars we build allow leading space)
         k = max(i for i, s in enumerate(self._starts) if s <= start)
         lead = self._buf[self._starts[k]:start]
         if lead.strip():
-            self._given_up = True
+            self._min_start = self._off + start + 1
             return
-        self._switch_on(self._toks[k:])
+        self._switch_on(self._toks[k:], start)
 
-    def _switch_on(self, replay: list[int]) -> None:
+    def _switch_on(self, replay: list[int], start: int | None) -> None:
         for tok in replay:
             if not self.allows(tok):
                 self._grammar.reset()
-                self._given_up = True
+                if start is not None:
+                    self._min_start = self._off + start + 1
                 return
             lib.llama_sampler_accept(self._gptr, tok)
         self.active = True
@@ -228,17 +239,18 @@ class GatedSampler:
         return tok
 
     def accept(self, token: int) -> None:
-        self.chain.accept(token)
         if self.gate.active:
             if not self.gate.allows(token):
                 raise ValueError(f"token {token} is not allowed by the grammar at this point")
+            self.chain.accept(token)
             lib.llama_sampler_accept(self.gate._gptr, int(token))
         else:
+            self.chain.accept(token)
             self.gate.accepted(token)
 
     def reset(self) -> None:
         self.chain.reset()
-        self.gate._grammar.reset()
+        self.gate.reset()
 
     def close(self) -> None:
         self.chain.close()

@@ -465,3 +465,91 @@ def test_drop_in_chat_completion_tools(model_path, chat_format) -> None:
             llm.create_chat_completion(ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}})
     finally:
         llm.close()
+
+
+# -- review findings, kept fixed ---------------------------------------------------------------------------
+PERSON = {"type": "function", "function": {"name": "book", "parameters": {
+    "type": "object", "properties": {"who": {"$ref": "#/$defs/Person"}}, "required": ["who"],
+    "$defs": {"Person": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}}}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_tool_schemas_with_defs_build_for_every_family(templates_dir, name, model) -> None:
+    fmt = tf.tool_format_for(load(templates_dir, name).source)
+    other = {"type": "function", "function": {"name": "other", "parameters": {
+        "type": "object", "properties": {"who": {"$ref": "#/$defs/Person"}}, "required": ["who"],
+        "$defs": {"Person": {"type": "integer"}}}}}  # the same $defs name, another meaning
+    for lazy in (False, True):
+        spec = fmt.grammar([PERSON, other], ["book", "other"], True, lazy=lazy)
+        GrammarGate(model.get_vocab(), spec).close()  # llama.cpp parses it
+
+
+def test_defs_schema_through_the_server(api) -> None:
+    r = create(api, tools=[PERSON], tool_choice="required", messages=[{"role": "user", "content": "Book for Ann."}])
+    args = json.loads(r.choices[0].message.tool_calls[0].function.arguments)
+    assert isinstance(args["who"]["name"], str)
+
+
+def test_long_arguments_stream_in_pieces_and_whole() -> None:
+    body = json.dumps({"a": 1, "b": 2, "pad": "x\\\"{" * 3000})
+    text = '<tool_call>\n{"name": "add", "arguments": ' + body + '}\n</tool_call>'
+    for step in (1, 7):
+        st, events = parse_all(tf.HermesFormat({}), text, step)
+        assert st.message()[1][0]["function"]["arguments"] == body
+        assert "".join(e[2] for e in events if e[0] == "args") == body
+
+
+def test_markers_are_found_in_text_order() -> None:
+    fmt = tf.FunctionaryV31Format({})
+    text = 'Hi <|python_tag|> there. <function=add>{"a": 1, "b": 2}</function>'
+    for step in (1, 100):
+        st, _ = parse_all(fmt, text, step)
+        content, calls = st.message()
+        assert [c["function"]["name"] for c in calls] == ["add"] and "<function=" not in (content or "")
+
+
+def test_white_space_survives_text_that_only_looked_like_a_call() -> None:
+    for fmt, text in ((tf.tool_format_for(None), 'Example:\n\n```json\n{"name": "Bob"}\n```'),
+                      (tf.HermesFormat({}), "Use it like so: <tool_call> is the marker.")):
+        for step in (1, 5):
+            assert parse_all(fmt, text, step)[0].message() == (text, [])
+
+
+def test_cut_calls_are_not_reported_as_complete() -> None:
+    st, _ = parse_all(tf.tool_format_for(None), '{"name": "add", "arguments": {"a": 1', 3, forced=True)
+    assert st.calls and not st.complete
+    st, _ = parse_all(tf.tool_format_for(None), '{"name": "add", "arguments": {"a": 1, "b": 2}}', 3, forced=True)
+    assert st.complete
+
+
+def test_forced_call_cut_by_a_stop_string_is_not_tool_calls(api) -> None:
+    r = create(api, tool_choice="required", stop=["}"])
+    assert r.choices[0].finish_reason == "stop"
+
+
+def test_streamed_calls_carry_their_logprobs(api) -> None:
+    whole = create(api, tool_choice="required", logprobs=True)
+    n = len(whole.choices[0].logprobs.content)
+    streamed = sum(len(c.choices[0].logprobs.content) for c in create(api, tool_choice="required", logprobs=True,
+                                                                       stream=True)
+                   if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content)
+    assert n > 0 and streamed == n
+
+
+def test_gated_sampler_reset_waits_for_the_trigger_again(model) -> None:
+    from cyllama._grammar_gate import GatedSampler
+    from cyllama.llama.sampler import LlamaSampler
+
+    vocab = model.get_vocab()
+    spec = tf.tool_format_for(None).grammar(TOOLS, NAMES, False, lazy=True)
+    s = GatedSampler(LlamaSampler(vocab=vocab).add_greedy(), GrammarGate(vocab, spec))
+    try:
+        for tok in vocab.tokenize('{"name": "', add_special=False):
+            s.accept(tok)
+        assert s.gate.active
+        s.reset()
+        assert not s.gate.active
+        s.accept(vocab.tokenize("Hello", add_special=False)[0])  # free text again: no grammar error
+        assert not s.gate.active
+    finally:
+        s.close()

@@ -128,12 +128,12 @@ class _ChatAssembler(_Assembler):
     chunk_object = "chat.completion.chunk"
 
     def __init__(self, *args: Any, forced: Sequence[str] | None, names: Sequence[str],
-                 fmt: "_formats.ToolFormat | None" = None):
+                 fmt: "_formats.ToolFormat | None" = None, parallel: bool = True):
         super().__init__(*args)
         self.forced, self.names = forced, names
         # with tools, each choice's text goes through a parser that splits off the calls
-        self.tools = [_formats.ToolCallStream(fmt, forced or names, bool(forced)) if fmt is not None and names
-                      else None for _ in self.choices]
+        self.tools = [_formats.ToolCallStream(fmt, forced or names, bool(forced), None if parallel else 1)
+                      if fmt is not None and names else None for _ in self.choices]
         self.pending_lp: list[list[Any]] = [[] for _ in self.choices]
 
     def _chunk(self, i: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
@@ -163,7 +163,7 @@ class _ChatAssembler(_Assembler):
         out = []
         for delta in _formats.ToolCallStream.deltas(events):
             lp = None
-            if "content" in delta and self.pending_lp[i]:  # logprobs ride along with the content they cover
+            if self.pending_lp[i]:  # logprobs ride along with the text they cover (content or a call)
                 lp, self.pending_lp[i] = {"content": self.pending_lp[i]}, []
             out.append(self._chunk(i, delta, None, lp))
         return out
@@ -171,7 +171,7 @@ class _ChatAssembler(_Assembler):
     def _finish_of(self, i: int) -> str:
         finish = _finish(self.choices[i].finish)
         st = self.tools[i]
-        return "tool_calls" if st is not None and st.calls and finish == "stop" else finish
+        return "tool_calls" if st is not None and st.complete and finish == "stop" else finish
 
     def _message(self, i: int) -> tuple[dict[str, Any], str]:
         st = self.tools[i]
@@ -188,7 +188,10 @@ class _ChatAssembler(_Assembler):
         ch.finish, ch.tokens = reason, n_tokens
         st = self.tools[i]
         out = self._events(i, st.finish()) if st is not None else []
-        return out + [self._chunk(i, {}, self._finish_of(i))]
+        lp = None
+        if self.pending_lp[i]:  # held-back text that turned out to be nothing to send
+            lp, self.pending_lp[i] = {"content": self.pending_lp[i]}, []
+        return out + [self._chunk(i, {}, self._finish_of(i), lp)]
 
     def response(self) -> dict[str, Any]:
         choices = []
@@ -511,11 +514,16 @@ class OpenAIService:
         if req.logprobs:
             cfg = cfg.replace(logprobs=True, top_logprobs=req.top_logprobs or 0)
         grammar = tp.grammar or self._grammar(req)
+        if tp.fmt is not None and tp.grammar is None and grammar and tp.fmt.special_markers:
+            from .._grammar_gate import Grammar
+
+            grammar = Grammar(grammar, preserved_tokens=list(tp.fmt.special_markers.values()))
         n = req.n or 1
         jobs = [Job(i, tokens, self._seeded(cfg, i), grammar, media) for i in range(n)]
         asm = _ChatAssembler(self, head, n, n_prompt,
                              bool(req.stream and req.stream_options and req.stream_options.include_usage),
-                             bool(req.logprobs), forced=tp.forced, names=tp.names, fmt=tp.fmt)
+                             bool(req.logprobs), forced=tp.forced, names=tp.names, fmt=tp.fmt,
+                             parallel=req.parallel_tool_calls is not False)
         return Plan(jobs, bool(req.stream), asm)
 
     # -- text completions ------------------------------------------------------------------

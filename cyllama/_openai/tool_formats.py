@@ -183,10 +183,10 @@ class ToolFormat:
                     return lead, lead
                 if not final and o.startswith(squeezed):
                     hold = 0
+        found = [k for k in (s.find(m, pos) for m in self.markers) if k >= 0]
+        if found:
+            return min(found), min(found)
         for m in self.markers:
-            k = s.find(m, pos)
-            if k >= 0:
-                return k, k
             if not final:
                 for n in range(min(len(m) - 1, len(s) - pos), 0, -1):
                     if m.startswith(s[len(s) - n:]):
@@ -238,26 +238,33 @@ class ToolFormat:
             return calls, (None if not final and k >= len(s) else i)
 
     # -- prompting and constraining ------------------------------------------------------------
-    def call_schema(self, fn: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "properties": {"name": {"const": fn["name"]}, "arguments": fn["parameters"]},
-                "required": ["name", "arguments"]}
+    args_key = "arguments"  # the key of a call object's arguments
+
+    def call_rule(self, name: str, args_rule: str) -> str:
+        """GBNF of one call object ``{"name": name, "<args_key>": args}``."""
+        return (f'"{{" space {_gbnf_literal(json.dumps("name"))} space ":" space {_gbnf_literal(json.dumps(name))} '
+                f'space "," space {_gbnf_literal(json.dumps(self.args_key))} space ":" space {args_rule} space "}}"')
 
     def _calls_rule(self, tools: list[dict[str, Any]], names: Sequence[str]) -> str:
-        by_name = {t["function"]["name"]: t["function"] for t in tools}
-        rules = [json_schema_to_grammar(self.call_schema(by_name[n]), rule_name=f"call{k}")
-                 for k, n in enumerate(names)]
-        return _merge_rules(*rules, f"call ::= {' | '.join(f'call{k}' for k in range(len(names)))}\n")
+        # each tool's parameters are their own grammar (so their $refs resolve in their own schema)
+        rules, pairs = _args_rules(tools, names)
+        calls = "".join(f"call{k} ::= {self.call_rule(n, r)}\n" for k, (n, r) in enumerate(pairs))
+        return _merge_rules(rules, calls, f"call ::= {' | '.join(f'call{k}' for k in range(len(names)))}\n")
 
     def root_rule(self, parallel: bool) -> str:
+        tagged = 'tagged ::= "<tool_call>" [ \\t\\n]{0,2} call [ \\t\\n]{0,2} "</tool_call>"\n'
         if parallel:
-            return 'root ::= call | "[" space call ("," space call)* space "]" | fenced\n' + FENCE_RULE
-        return "root ::= call | fenced\n" + FENCE_RULE
+            return ('root ::= call | "[" space call ("," space call)* space "]" | fenced | tagged ([ \\t\\n]{0,2} '
+                    'tagged)*\n' + FENCE_RULE + tagged)
+        return "root ::= call | fenced | tagged\n" + FENCE_RULE + tagged
 
     def grammar(self, tools: list[dict[str, Any]], names: Sequence[str], parallel: bool, lazy: bool) -> Grammar:
         """The grammar of a call section (forced: the whole answer; lazy: from the trigger on)."""
         return self._spec(_merge_rules(self._calls_rule(tools, names), self.root_rule(parallel)), names, lazy)
 
     def _spec(self, text: str, names: Sequence[str], lazy: bool) -> Grammar:
+        # a call may start after white space: the token that starts it often carries some
+        text = re.sub(r"^root ::= (.*)$", r"root ::= [ \\t\\n]{0,4} (\1)", text, count=1, flags=re.M)
         preserved = list(self.special_markers.values())
         if not lazy:
             return Grammar(text, preserved_tokens=preserved)
@@ -306,10 +313,10 @@ def _parse_tagged(s: str, i: int, final: bool, names: Sequence[str], open_: str,
             return calls, i
 
 
-_FENCE_TRIGGER = r"(```(?:json|xml)?\s*\{\s*\"name\")"
+_FENCE_TRIGGER = r"(```(?:json|xml)?[ \t\n]{0,4}\{\s*\"name\")"
 _FENCE_OPENERS = ('```json{"name"', '```{"name"', '```xml{"name"', '```json[{"name"', '```[{"name"')
 _FENCE_HEAD = re.compile(r"```(?:json|xml)?[ \t]*\n?")
-FENCE_RULE = 'fenced ::= "```" ("json" | "xml")? [ \\t\\n]{0,2} call [ \\t\\n]{0,2} "```"\n'
+FENCE_RULE = 'fenced ::= "```" ("json" | "xml")? [ \\t\\n]{0,4} call [ \\t\\n]{0,4} "```"\n'
 
 
 def _parse_fenced(s: str, i: int, final: bool, names: Sequence[str]) -> tuple[list[_Call], int | None]:
@@ -405,11 +412,12 @@ class HermesFormat(ToolFormat):
                          special_markers={k: v for k, v in special.items() if k == "<tool_call>"}, fenced=True)
 
     def root_rule(self, parallel: bool) -> str:
-        block = 'block ::= "<tool_call>" [ \\t\\n]{0,2} call [ \\t\\n]{0,2} "</tool_call>" | fenced\n'
+        block = 'block ::= "<tool_call>" [ \\t\\n]{0,2} call [ \\t\\n]{0,2} "</tool_call>" | fenced | call\n'
         return block + FENCE_RULE + ('root ::= block ([ \\t\\n]{0,2} block)*\n' if parallel else "root ::= block\n")
 
     def trigger_patterns(self, names: Sequence[str]) -> list[str]:
-        return ([] if "<tool_call>" in self.special_markers else [r"(<tool_call>)"]) + [_FENCE_TRIGGER]
+        return ([] if "<tool_call>" in self.special_markers else [r"(<tool_call>)"]) + [
+            _FENCE_TRIGGER, r"^\s*(\{\s*\"name\")"]  # some write the bare JSON object
 
 
 class Llama3Format(ToolFormat):
@@ -417,9 +425,7 @@ class Llama3Format(ToolFormat):
         super().__init__("llama3", markers=("<|python_tag|>",), openers=('{"name"', '{"type":"function","name"'),
                          special_markers={k: v for k, v in special.items() if k == "<|python_tag|>"})
 
-    def call_schema(self, fn: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "properties": {"name": {"const": fn["name"]}, "parameters": fn["parameters"]},
-                "required": ["name", "parameters"]}
+    args_key = "parameters"
 
     def root_rule(self, parallel: bool) -> str:
         first = '("<|python_tag|>")? call'
@@ -448,10 +454,12 @@ class MistralFormat(ToolFormat):
         super().__init__("mistral", markers=("[TOOL_CALLS]",), openers=(),
                          special_markers={k: v for k, v in special.items() if k == "[TOOL_CALLS]"})
 
-    def call_schema(self, fn: dict[str, Any]) -> dict[str, Any]:
-        return {"type": "object", "properties": {
-            "name": {"const": fn["name"]}, "arguments": fn["parameters"],
-            "id": {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"}}, "required": ["name", "arguments", "id"]}
+    def call_rule(self, name: str, args_rule: str) -> str:
+        return super().call_rule(name, args_rule)[:-len(' space "}"')] + \
+            ' space "," space "\\"id\\"" space ":" space call-id space "}"'
+
+    def _calls_rule(self, tools: list[dict[str, Any]], names: Sequence[str]) -> str:
+        return super()._calls_rule(tools, names) + 'call-id ::= "\\"" [a-zA-Z0-9]{9} "\\""\n'
 
     def root_rule(self, parallel: bool) -> str:
         more = ' ("," space call)*' if parallel else ""
@@ -493,8 +501,7 @@ def _gbnf_literal(text: str) -> str:
 
 class FunctionaryV31Format(ToolFormat):
     def __init__(self, special: dict[str, int]):
-        super().__init__("functionary-v3.1", markers=("<function=", "<|python_tag|>"), openers=(),
-                         special_markers={k: v for k, v in special.items() if k == "<|python_tag|>"})
+        super().__init__("functionary-v3.1", markers=("<function=",), openers=())
 
     def trigger_patterns(self, names: Sequence[str]) -> list[str]:
         return [r"(<function=)"]
@@ -623,6 +630,42 @@ def tool_format_for(template_source: str | None, token_of: Any = None) -> ToolFo
                       special_markers={k: v for k, v in special.items() if k == "<tool_call>"}, fenced=True)
 
 
+class _ArgsScan:
+    """Where a JSON object or array that is still arriving stands (depth, inside a string), so
+    each new piece of text is scanned once: long arguments stay linear to stream."""
+
+    __slots__ = ("k", "a0", "pos", "depth", "in_str", "esc")
+
+    def __init__(self, k: int, a0: int, s: str):
+        self.k, self.a0, self.pos, self.depth, self.in_str, self.esc = k, a0, a0, 0, False, False
+        self.advance(s)
+
+    def advance(self, s: str) -> int | None:
+        """The end of the value if ``s`` now holds all of it, else None."""
+        i, n = self.pos, len(s)
+        depth, in_str, esc = self.depth, self.in_str, self.esc
+        while i < n:
+            c = s[i]
+            i += 1
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == "\\":
+                    esc = True
+                elif c == '"':
+                    in_str = False
+            elif c == '"':
+                in_str = True
+            elif c in "{[":
+                depth += 1
+            elif c in "}]":
+                depth -= 1
+                if depth == 0:
+                    return i
+        self.pos, self.depth, self.in_str, self.esc = i, depth, in_str, esc
+        return None
+
+
 # -- the stream ---------------------------------------------------------------------------------
 class ToolCallStream:
     """Splits a model's output into content and tool calls as it arrives.
@@ -634,15 +677,23 @@ class ToolCallStream:
     dropped. ``forced``: the whole output is a call section (a forced ``tool_choice``).
     """
 
-    def __init__(self, fmt: ToolFormat, names: Sequence[str], forced: bool = False):
+    def __init__(self, fmt: ToolFormat, names: Sequence[str], forced: bool = False, max_calls: int | None = None):
         self.fmt, self.names = fmt, list(names)
         self.buf = ""
         self.sent = 0  # text before this is handled (content sent, or the recipient line skipped)
         self.start: int | None = 0 if forced else None
         self.forced = forced
-        self.calls: list[dict[str, Any]] = []  # {"id", "name", "arguments"} as sent so far
+        self.max_calls = max_calls  # 1 for parallel_tool_calls=false: later calls are dropped
+        self.calls: list[dict[str, Any]] = []  # {"id", "name", "arguments", "done"} as sent so far
         self.content: list[str] = []
         self._ws = ""  # trailing white space of the content, held until more content follows
+        self._ws_before = ""  # the white space dropped before a call section (restored if it is none)
+        self._open: _ArgsScan | None = None  # the arguments still arriving: scanned incrementally
+
+    @property
+    def complete(self) -> bool:
+        """Whether there are calls and every one of them is whole (not cut off)."""
+        return bool(self.calls) and all(c["done"] for c in self.calls)
 
     def feed(self, text: str) -> list[tuple]:
         if not text:
@@ -680,8 +731,14 @@ class ToolCallStream:
                     self._ws = ""
                 return out
             self._content(s[self.sent:start], final, out)
-            self._ws = ""  # white space before a call is not content
+            self._ws_before, self._ws = self._ws, ""  # white space before a call is not content
             self.start = self.sent = start
+        op = self._open
+        if op is not None and not final:  # long arguments: only the new text is scanned
+            if op.advance(s) is None:
+                self._emit_args(op.k, s[op.a0:], out)
+                return out
+            self._open = None
         try:
             calls, end = self.fmt.parse(s, self.start, final, self.names)
         except (_Bad, ValueError):
@@ -689,6 +746,7 @@ class ToolCallStream:
         if calls is None or (final and not any(c.done for c in calls)):
             if final:  # no call after all: what was held back is content
                 if not self.calls and not self.forced:
+                    self._ws = self._ws_before
                     self._content(s[self.start:], True, out)
                     if self._ws:
                         self.content.append(self._ws)
@@ -698,22 +756,30 @@ class ToolCallStream:
                     self._forced_fallback(s, out)
             return out
         for k, c in enumerate(calls):
-            if c.name is None:
+            if c.name is None or (self.max_calls is not None and k >= self.max_calls):
                 break
             if k >= len(self.calls):
                 cid = self.fmt.new_id()  # a model-written id (Mistral's) comes after the name: too late to stream
-                self.calls.append({"id": cid, "name": c.name, "arguments": ""})
+                self.calls.append({"id": cid, "name": c.name, "arguments": "", "done": False})
                 out.append(("call", k, cid, c.name))
             if c.args is not None:
                 a0, a1 = c.args
-                text = s[a0:a1 if a1 is not None else len(s)]
-                sent = self.calls[k]["arguments"]
-                if len(text) > len(sent) and text.startswith(sent):
-                    out.append(("args", k, text[len(sent):]))
-                    self.calls[k]["arguments"] = text
+                self._emit_args(k, s[a0:a1 if a1 is not None else len(s)], out)
+                if a1 is None and not final and s[a0:a0 + 1] in ("{", "["):
+                    self._open = _ArgsScan(k, a0, s)
+            self.calls[k]["done"] = c.done or (c.args is not None and c.args[1] is not None and final)
         if final and end is not None:
-            self._content(s[end:].strip(), True, out)
+            rest = s[end:].strip()
+            if rest and self.content:
+                rest = "\n" + rest
+            self._content(rest, True, out)
         return out
+
+    def _emit_args(self, k: int, text: str, out: list[tuple]) -> None:
+        sent = self.calls[k]["arguments"]
+        if len(text) > len(sent) and text.startswith(sent):
+            out.append(("args", k, text[len(sent):]))
+            self.calls[k]["arguments"] = text
 
     def _forced_fallback(self, s: str, out: list[tuple]) -> None:
         # a forced call cut off before its name was complete (max_tokens): hand back what there is
@@ -722,7 +788,7 @@ class ToolCallStream:
         if m and m.group(1) in self.names:
             name = m.group(1)
         cid = self.fmt.new_id()
-        self.calls.append({"id": cid, "name": name, "arguments": s[self.start or 0:]})
+        self.calls.append({"id": cid, "name": name, "arguments": s[self.start or 0:], "done": False})
         out.append(("call", 0, cid, name))
         if s:
             out.append(("args", 0, s))

@@ -291,7 +291,7 @@ def _convert_completion_to_chat_tools(plan: Any, completion_or_chunks: Any, stre
             message["tool_calls"] = calls
             if len(calls) == 1:  # llama-cpp-python also fills the legacy field
                 message["function_call"] = dict(calls[0]["function"])
-        finish = "tool_calls" if calls and choice["finish_reason"] == "stop" else choice["finish_reason"]
+        finish = "tool_calls" if st.complete and choice["finish_reason"] == "stop" else choice["finish_reason"]
         return {"id": "chat" + completion["id"], "object": "chat.completion", "created": completion["created"],
                 "model": completion["model"],
                 "choices": [{"index": 0, "message": message,
@@ -318,7 +318,7 @@ def _convert_completion_to_chat_tools(plan: Any, completion_or_chunks: Any, stre
             return
         for delta in ToolCallStream.deltas(st.finish()):
             yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
-        finish = "tool_calls" if st.calls and finish == "stop" else finish
+        finish = "tool_calls" if st.complete and finish == "stop" else finish
         yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
 
     return stream_chunks(completion_or_chunks)
