@@ -344,3 +344,24 @@ def test_real_vlm_matches_llama_mtmd_cli(files) -> None:
     with LLM(model, mmproj=mmproj, temperature=0, max_tokens=24, repeat_penalty=1.0) as m:
         ours = m.chat(image_msg(image, prompt))
     assert ours.strip() and ours.strip()[:40] in native.stdout
+
+
+# -- the drop-in: llama-cpp-python's chat handlers -------------------------------------------------------------
+@pytest.mark.parametrize("handler_name", ["MTMDChatHandler", "Llava15ChatHandler"])
+def test_drop_in_chat_handlers(model_path, files, handler_name) -> None:
+    from cyllama.llama_cpp import Llama, llama_chat_format
+
+    handler = getattr(llama_chat_format, handler_name)(clip_model_path=files["mmproj"], use_gpu=False)
+    llm = Llama(str(model_path), n_ctx=1024, chat_handler=handler, verbose=False)
+    try:
+        msgs = image_msg(data_url(files["png"]))
+        r = llm.create_chat_completion(messages=msgs, max_tokens=8, temperature=0)
+        text = r["choices"][0]["message"]["content"]
+        assert text and r["usage"]["prompt_tokens"] > 16
+        chunks = list(llm.create_chat_completion(messages=msgs, max_tokens=8, temperature=0, stream=True))
+        assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == text
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        # plain text completions still work on the same Llama afterwards
+        assert llm("1, 2, 3,", max_tokens=3, temperature=0)["choices"][0]["text"]
+    finally:
+        llm.close()

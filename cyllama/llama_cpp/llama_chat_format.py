@@ -552,3 +552,7 @@ register_chat_completion_handler("chatml-function-calling")(
     chat_formatter_to_chat_completion_handler(_known_format("chatml")))
 
 __all__ += ["ChatTemplateError"]
+
+from .llava import Llava15ChatHandler, MTMDChatHandler  # noqa: E402  (llama-cpp-python's import path)
+
+__all__ += ["Llava15ChatHandler", "MTMDChatHandler"]
