@@ -36,6 +36,7 @@ bench: build
 	$(PY) benchmarks/bench_batch.py
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_speculative.py
+	$(PY) benchmarks/bench_multimodal.py
 
 clean:
 	$(PY) build_lib.py --clean || true
