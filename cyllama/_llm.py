@@ -341,7 +341,7 @@ class LLM:
         bitmaps: list[Any] = []
         try:
             for src in sources:
-                bitmaps.append(self.mtmd.bitmap(media_bytes(src, allow_files=allow_files)))
+                bitmaps.append(self.mtmd.bitmap(media_bytes(src, allow_files=allow_files, allow_urls=allow_files)))
             return self.mtmd.tokenize(text, bitmaps, add_special=self.vocab.add_bos, parse_special=True)
         except BaseException:
             for b in bitmaps:

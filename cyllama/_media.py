@@ -76,10 +76,13 @@ def split_media(messages: Sequence[Mapping[str, Any]], marker: str) -> tuple[lis
     return out, media
 
 
-def media_bytes(source: tuple[str, str], *, allow_files: bool) -> bytes | str:
+URL_TIMEOUT = 15.0  # seconds for a whole image download
+
+
+def media_bytes(source: tuple[str, str], *, allow_files: bool, allow_urls: bool = False) -> bytes | str:
     """The bytes of a media source from :func:`split_media`: a ``data:`` URL or base64 audio; with
-    ``allow_files`` also a local path or ``file://`` URL (returned as the path). http(s) URLs are
-    not fetched."""
+    ``allow_files`` also a local path or ``file://`` URL (returned as the path); with
+    ``allow_urls`` an http(s) URL, downloaded with a size and time limit."""
     kind, src = source
     if kind == "audio":
         return _b64(src, "input_audio data")
@@ -89,7 +92,10 @@ def media_bytes(source: tuple[str, str], *, allow_files: bool) -> bytes | str:
             raise ValueError("an image data URL must be base64: data:image/png;base64,...")
         return _b64(payload, "the image data URL")
     if src.startswith(("http://", "https://")):
-        raise ValueError("image URLs are not fetched: send the image as a data: URL (base64)")
+        if not allow_urls:
+            raise ValueError("image URLs are not fetched (a server needs --allow-image-urls): send the image "
+                             "as a data: URL (base64)")
+        return fetch_url(src)
     if not allow_files:
         raise ValueError("images must be sent as data: URLs (base64)")
     path = src[len("file://"):] if src.startswith("file://") else src
@@ -108,4 +114,36 @@ def _b64(text: str, what: str) -> bytes:
         raise ValueError(f"{what} is not valid base64") from None
     if not data:
         raise ValueError(f"{what} is empty")
+    return data
+
+
+def fetch_url(url: str, *, limit: int = MAX_MEDIA_BYTES, timeout: float = URL_TIMEOUT) -> bytes:
+    """Downloads ``url`` (http or https), at most ``limit`` bytes and ``timeout`` seconds in all."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    req = urllib.request.Request(url, headers={"User-Agent": "cyllama"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:  # noqa: S310 (http/https checked above)
+            size = r.headers.get("Content-Length")
+            if size is not None and size.isdigit() and int(size) > limit:
+                raise ValueError(f"the image at {url} is {size} bytes; at most {limit} are taken")
+            parts, n = [], 0
+            while True:
+                if time.monotonic() > deadline:
+                    raise ValueError(f"downloading {url} took longer than {timeout:.0f} s")
+                block = r.read(1 << 16)
+                if not block:
+                    break
+                n += len(block)
+                if n > limit:
+                    raise ValueError(f"the image at {url} is larger than {limit} bytes")
+                parts.append(block)
+    except (urllib.error.URLError, OSError) as exc:
+        raise ValueError(f"could not download {url}: {exc}") from None
+    data = b"".join(parts)
+    if not data:
+        raise ValueError(f"{url} returned no data")
     return data

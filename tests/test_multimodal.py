@@ -156,8 +156,6 @@ def test_media_errors_are_clear(vlm, files, model_path) -> None:
         vlm.chat(image_msg(files["cut"]))
     with pytest.raises(ValueError, match="not valid base64"):
         vlm.chat(image_msg("data:image/png;base64,@@@"))
-    with pytest.raises(ValueError, match="not fetched"):
-        vlm.chat(image_msg("https://example.com/cat.png"))
     with pytest.raises(ValueError, match="media marker"):  # user text cannot open a media slot
         vlm.chat([{"role": "user", "content": f"hi {vlm.mtmd.marker}"}] + image_msg(files["png"]))
     # without media parts the marker is plain text, and libmtmd never sees the prompt
@@ -169,6 +167,40 @@ def test_media_errors_are_clear(vlm, files, model_path) -> None:
         with pytest.raises(ValueError, match="mmproj"):
             plain.chat(image_msg(files["png"]))
     assert vlm.chat([{"role": "user", "content": "Still fine?"}])  # the model is still usable
+
+
+def test_image_urls_are_downloaded_in_process(vlm, files) -> None:
+    import http.server
+    import threading
+
+    body = Path(files["png"]).read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/huge.png":  # claims more than the limit
+                self.send_response(200)
+                self.send_header("Content-Length", str(1 << 30))
+                self.end_headers()
+                return
+            self.send_response(200 if self.path == "/a.png" else 404)
+            self.end_headers()
+            if self.path == "/a.png":
+                self.wfile.write(body)
+
+        def log_message(self, *a: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert vlm.chat(image_msg(base + "/a.png")) == vlm.chat(image_msg(files["png"]))
+        with pytest.raises(ValueError, match="could not download"):
+            vlm.chat(image_msg(base + "/missing.png"))
+        with pytest.raises(ValueError, match="at most"):
+            vlm.chat(image_msg(base + "/huge.png"))
+    finally:
+        srv.shutdown()
 
 
 def test_image_too_large_for_the_context(model_path, files) -> None:
@@ -216,9 +248,11 @@ def test_server_images_stream_and_isolation(model_path, files) -> None:
         chunks = list(api.chat.completions.create(model=card.id, messages=image_msg(data_url(files["png"])),
                                                   max_tokens=10, temperature=0, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == alone[0]
-        # a server never reads its own files for a client, nor fetches URLs
+        # a server never reads its own files for a client, nor fetches URLs unless told to
         with pytest.raises(openai.BadRequestError, match="data: URL"):
             api.chat.completions.create(model=card.id, messages=image_msg(files["png"]), max_tokens=4)
+        with pytest.raises(openai.BadRequestError, match="allow-image-urls"):
+            api.chat.completions.create(model=card.id, messages=image_msg("http://127.0.0.1:9/a.png"), max_tokens=4)
         with pytest.raises(openai.BadRequestError, match="could not be decoded"):
             api.chat.completions.create(model=card.id, messages=image_msg(data_url(files["cut"])), max_tokens=4)
     finally:

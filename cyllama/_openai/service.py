@@ -268,10 +268,12 @@ class OpenAIService:
     def __init__(self, model: LlamaModel, *, n_ctx: int, base: GenerationConfig, model_id: str,
                  model_ids: Iterable[str] = (), strict_model: bool = False, chat_template: Any = None,
                  embed: Callable[[list[list[int]]], Sequence[np.ndarray]] | None = None,
-                 default_completion_tokens: int | None = 16, mtmd: Any = None, media_files: bool = False):
+                 default_completion_tokens: int | None = 16, mtmd: Any = None, media_files: bool = False,
+                 media_urls: bool = False):
         self.model = model
         self.mtmd = mtmd  # an MtmdContext: chat messages may carry image/audio parts
         self.media_files = media_files  # image URLs may name local files (in-process use only)
+        self.media_urls = media_urls or media_files  # http(s) image URLs are downloaded
         self.vocab = model.get_vocab()
         self.n_ctx = n_ctx
         self.base = base
@@ -452,7 +454,8 @@ class OpenAIService:
         try:
             msgs, sources = split_media(msgs, mt.marker)
             text = render(msgs)
-            bitmaps = [mt.bitmap(media_bytes(src, allow_files=self.media_files)) for src in sources]
+            bitmaps = [mt.bitmap(media_bytes(src, allow_files=self.media_files, allow_urls=self.media_urls))
+                       for src in sources]
             chunks = mt.tokenize(text, bitmaps, add_special=self.vocab.add_bos, parse_special=True)
         except (ValueError, FileNotFoundError, TypeError) as exc:
             raise InvalidRequestError(str(exc), "messages") from None

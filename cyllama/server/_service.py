@@ -26,7 +26,7 @@ class ModelService:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 2048, n_gpu_layers: int = 99,
                  n_parallel: int = 4, n_threads: int | None = None, max_queue: int = 64,
                  model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None,
-                 lookup: int = 0, mmproj: str | os.PathLike | None = None):
+                 lookup: int = 0, mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False):
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers))
         self.mtmd = None
         try:
@@ -47,7 +47,8 @@ class ModelService:
         self.openai = OpenAIService(
             self.model, n_ctx=self.engine.n_ctx_slot, base=server_defaults(self.engine.n_ctx_slot),
             model_id=self.model_id, model_ids=(self.model.path.name, self.model.path.stem, str(self.model.path)),
-            strict_model=True, chat_template=chat_template, embed=self._embed, mtmd=self.mtmd)
+            strict_model=True, chat_template=chat_template, embed=self._embed, mtmd=self.mtmd,
+            media_urls=allow_image_urls)
         self.counters = {"http_requests_total": 0, "http_errors_total": 0, "client_disconnects_total": 0}
 
     def _embed(self, token_lists: list[list[int]]) -> Any:
