@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 from .llama.sampler import LlamaSampler
 from .llama.vocab import LlamaVocab
 
-__all__ = ["GenerationConfig", "GenerationStats", "build_sampler"]
+__all__ = ["GenerationConfig", "GenerationStats", "build_sampler", "model_sampling_defaults"]
 
 # Names people also use for a field (OpenAI / llama-cpp-python spellings).
 _ALIASES = {"stop": "stop_sequences", "max_new_tokens": "max_tokens", "n_predict": "max_tokens",
@@ -231,6 +231,32 @@ class GenerationStats:
         rows = "".join(f"<tr><td>{k}</td><td>{v:.4g}</td></tr>" if isinstance(v, float) else
                        f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in dataclasses.asdict(self).items())
         return f"<table><caption>GenerationStats</caption>{rows}</table>"
+
+
+# GGUF general.sampling.* keys (a model's recommended sampling, llama.cpp's LLM_KV_GENERAL_SAMPLING_*)
+_MODEL_SAMPLING = {"top_k": ("top_k", int), "top_p": ("top_p", float), "min_p": ("min_p", float),
+                   "xtc_probability": ("xtc_probability", float), "xtc_threshold": ("xtc_threshold", float),
+                   "temp": ("temperature", float), "penalty_last_n": ("penalty_last_n", int),
+                   "penalty_repeat": ("repeat_penalty", float), "mirostat": ("mirostat", int),
+                   "mirostat_tau": ("mirostat_tau", float), "mirostat_eta": ("mirostat_eta", float)}
+
+
+def model_sampling_defaults(model: Any) -> dict[str, Any]:
+    """The sampling a model's GGUF recommends (``general.sampling.*``), as GenerationConfig fields;
+    values that do not parse or validate are left out. llama.cpp applies them where the user set
+    nothing, and so do ``LLM`` and the servers."""
+    out: dict[str, Any] = {}
+    for key, (field_name, kind) in _MODEL_SAMPLING.items():
+        raw = model.meta_val_str(f"general.sampling.{key}")
+        if raw is None:
+            continue
+        try:
+            value = kind(float(raw)) if kind is int else kind(raw)
+            GenerationConfig(**{field_name: value})
+        except (TypeError, ValueError):
+            continue
+        out[field_name] = value
+    return out
 
 
 def build_sampler(cfg: GenerationConfig, vocab: LlamaVocab, grammar: str | None = None, *,

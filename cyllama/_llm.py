@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ._config import GenerationConfig, GenerationStats
+from ._config import GenerationConfig, GenerationStats, model_sampling_defaults
 from ._embedding import Embedder, model_pooling
 from ._generation import CancelToken, Generation, GenerationChunk, fit_prompt, run_sequence
 from ._grammar_gate import GrammarSpec
@@ -74,6 +74,10 @@ class LLM:
         self.config = (config or GenerationConfig()).replace(**kwargs)
         self.verbose = verbose
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=self.config.n_gpu_layers), verbose=verbose)
+        if config is None:  # the model's recommended sampling, where the caller set nothing
+            recommended = {k: v for k, v in model_sampling_defaults(self.model).items() if k not in kwargs}
+            if recommended:
+                self.config = self.config.replace(**recommended)
         self.model_path = self.model.path
         self.speculative = speculative or SpeculativeParams()
         self._draft_model: LlamaModel | None = None

@@ -382,3 +382,34 @@ def test_fixed_small_context_is_kept_between_calls(model_path) -> None:
         ctx = m.context
         m(PROMPT + " Paris. And")
         assert m.context is ctx and m.last_stats.cached_tokens > 0
+
+
+def test_model_recommended_sampling_is_the_default(model_path, tmp_path) -> None:
+    """GGUF general.sampling.* (a model's recommended sampling) fill what the caller leaves unset, as in llama.cpp."""
+    from cyllama import GGUFContext
+    from cyllama._config import model_sampling_defaults
+
+    g = GGUFContext.from_file(model_path)
+    try:
+        g.set_val_f32("general.sampling.temp", 0.25)
+        g.set_val_i32("general.sampling.top_k", 17)
+        g.set_val_str("general.sampling.top_p", "not a number")  # ignored, not an error
+        g.set_val_f32("general.sampling.min_p", 7.0)  # out of range: ignored
+        path = g.write_to_file(tmp_path / "recommended.gguf")
+    finally:
+        g.close()
+    with LLM(path) as m:
+        assert m.config.temperature == pytest.approx(0.25) and m.config.top_k == 17
+        assert m.config.top_p == GenerationConfig().top_p and m.config.min_p == GenerationConfig().min_p
+        assert model_sampling_defaults(m.model) == {"temperature": pytest.approx(0.25), "top_k": 17}
+    with LLM(path, temperature=0.9) as m:  # what the caller sets wins
+        assert m.config.temperature == 0.9 and m.config.top_k == 17
+    with LLM(path, config=GenerationConfig()) as m:  # a whole config is taken as it is
+        assert m.config.top_k == GenerationConfig().top_k
+    from cyllama.server._service import ModelService
+
+    svc = ModelService(path, n_ctx=256, n_parallel=1)
+    try:
+        assert svc.openai.base.top_k == 17 and svc.openai.base.temperature == pytest.approx(0.25)
+    finally:
+        svc.close()

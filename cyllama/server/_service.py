@@ -8,6 +8,7 @@ import os
 import threading
 from typing import Any, Callable, Mapping
 
+from .._config import model_sampling_defaults
 from .._embedding import Embedder
 from .._engine import Engine, EngineRequest, QueueFullError
 from .._generation import GenerationChunk
@@ -45,7 +46,8 @@ class ModelService:
         self._embedder: Embedder | None = None
         self._embed_lock = threading.Lock()
         self.openai = OpenAIService(
-            self.model, n_ctx=self.engine.n_ctx_slot, base=server_defaults(self.engine.n_ctx_slot),
+            self.model, n_ctx=self.engine.n_ctx_slot,
+            base=server_defaults(self.engine.n_ctx_slot).replace(**model_sampling_defaults(self.model)),
             model_id=self.model_id, model_ids=(self.model.path.name, self.model.path.stem, str(self.model.path)),
             strict_model=True, chat_template=chat_template, embed=self._embed, mtmd=self.mtmd,
             media_urls=allow_image_urls)
