@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from ._config import GenerationConfig, GenerationStats
 from ._errors import CyllamaError
-from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt, prefill_media
+from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt, prefill_media_steps
 from ._grammar_gate import GrammarSpec
 from ._speculative import Drafter, NgramLookup, PromptLookup
 from .llama.batch import LlamaBatch
@@ -115,7 +115,8 @@ class _Slot:
     chunk_n: int = 0  # prompt tokens this slot put in the current step's batch
     drafter: Drafter | None = None  # speculative decoding: proposes tokens after the pending one
     drafts: list[int] | None = None  # this step's draft tokens, decoded after ``feed`` for verification
-    media_pending: bool = False  # a prompt with media, evaluated at the start of the next step
+    media_pending: bool = False  # a prompt with media, evaluated a chunk per step before the batch
+    media_steps: Iterator[None] | None = None  # that evaluation, under way
     pos_delta: int = 0  # position minus cached units (M-RoPE models place images on fewer positions)
 
     @property
@@ -147,7 +148,8 @@ class Engine:
         self.vocab = model.get_vocab()
         train = model.n_ctx_train or 4096
         self.n_ctx_slot = min(n_ctx or min(train, 2048), train)
-        p = LlamaContextParams(n_ctx=self.n_ctx_slot * n_slots, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+        p = LlamaContextParams(n_ctx=self.n_ctx_slot * n_slots, n_batch=n_batch,
+                               n_ubatch=n_batch if mtmd is not None else min(n_batch, 512),
                                n_seq_max=n_slots, kv_unified=True)
         if n_threads:
             p.n_threads = p.n_threads_batch = n_threads
@@ -312,12 +314,14 @@ class Engine:
         slot.req = req
         slot.prompt_pos = shared
         slot.feed = None
-        slot.gen = Generation.from_config(self.vocab, req.config, req.tokens, self.n_ctx_slot, req.grammar)
+        history = req.tokens if req.media is None else [t for k, v in req.media if k == 0 for t in v]
+        slot.gen = Generation.from_config(self.vocab, req.config, history, self.n_ctx_slot, req.grammar)
         slot.gen.cached_tokens = shared
         slot.drafter = self._drafter_for(req.config) if req.media is None else None
         slot.drafts = None
         slot.pos_delta = 0
         slot.media_pending = req.media is not None
+        slot.media_steps = None
         req.completion_tokens = slot.gen.completion_tokens
         self.metrics["prompt_tokens_total"] += len(req.tokens) if req.media is None else req.media.n_tokens
         self.metrics["cached_prompt_tokens_total"] += shared
@@ -345,12 +349,19 @@ class Engine:
             cache.pop()
 
     def _prefill_media(self, s: _Slot) -> None:
-        """Evaluates a slot's prompt of text and media on its own (images are encoded one by one),
-        then samples its first token from the last prompt token's logits."""
-        s.media_pending = False
+        """Evaluates one more chunk of a slot's prompt of text and media on its own (so other
+        sequences keep decoding between images); after the last, samples its first token from the
+        last prompt token's logits."""
         gen = s.gen
-        gen.prompt_tokens = s.req.media.n_tokens
-        pos = prefill_media(self.ctx, gen, self.mtmd, s.req.media, s.cache, s.seq)
+        if s.media_steps is None:
+            gen.prompt_tokens = s.req.media.n_tokens
+            s.media_steps = prefill_media_steps(self.ctx, gen, self.mtmd, s.req.media, s.cache, s.seq)
+        try:
+            next(s.media_steps)
+            return
+        except StopIteration as done:
+            pos = done.value
+        s.media_pending, s.media_steps = False, None
         s.pos_delta = pos - len(s.cache)
         gen.prompt_evaluated()
         s.out_index = -1
@@ -476,7 +487,7 @@ class Engine:
         key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")
         self.metrics[key] += 1
         s.req, s.gen, s.feed, s.cache = None, None, None, None
-        s.media_pending, s.pos_delta = False, 0
+        s.media_pending, s.media_steps, s.pos_delta = False, None, 0
         if req.media is not None:
             req.media.close()
         try:

@@ -21,6 +21,7 @@ when logprobs or a Python logits processor ask for them.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import threading
 import time
@@ -351,6 +352,19 @@ def prefill_media(ctx: LlamaContext, gen: Generation, mctx: "MtmdContext", chunk
     """Evaluates a prompt of text and media chunks on ``seq_id``, reusing the cached prefix (media
     included: an image already in the cache at the same place is not encoded again); returns the
     next position, or -1 when cancelled."""
+    steps = prefill_media_steps(ctx, gen, mctx, chunks, cache, seq_id, cancel)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def prefill_media_steps(ctx: LlamaContext, gen: Generation, mctx: "MtmdContext", chunks: "MtmdChunks",
+                        cache: list[int], seq_id: int = 0, cancel: CancelToken | None = None,
+                        ) -> Iterator[None]:
+    """:func:`prefill_media` one chunk at a time: yields after each chunk it evaluates (the engine
+    lets other sequences decode in between); returns the next position (-1 when cancelled)."""
     units, bounds = media_units(chunks)
     if not bounds or bounds[-1][3] != 0:
         raise ValueError("the prompt must end with text after its last image or audio clip")
@@ -380,8 +394,22 @@ def prefill_media(ctx: LlamaContext, gen: Generation, mctx: "MtmdContext", chunk
             if pos < 0:
                 return -1
         else:
-            pos = mctx.eval_chunk(ctx, chunks, i, pos, seq_id)
+            if cancel is not None:  # encoding an image can take seconds: let cancel() abort it
+                ctx.set_abort_callback(lambda: cancel.cancelled)
+            try:
+                with _logging.quiet_errors() if cancel is not None else contextlib.nullcontext():
+                    pos = mctx.eval_chunk(ctx, chunks, i, pos, seq_id)
+            except ValueError:
+                if cancel is not None and cancel.cancelled:
+                    ctx.kv_cache_seq_rm(seq_id, len(cache), -1)
+                    return -1
+                raise
+            finally:
+                if cancel is not None:
+                    ctx.set_abort_callback(None)
             cache.extend(units[u0:u1])
+        if u1 < len(units):
+            yield
     return pos
 
 

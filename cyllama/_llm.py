@@ -131,6 +131,8 @@ class LLM:
                 ctx.close()
                 self._ctx, self._cache = None, []
             p = LlamaContextParams(n_ctx=want, n_batch=n_batch)
+            if self.mtmd is not None:  # non-causal projectors need an image in one micro-batch
+                p.n_ubatch = n_batch
             if cfg.n_threads:
                 p.n_threads = cfg.n_threads
             if cfg.n_threads_batch or cfg.n_threads:
@@ -272,9 +274,7 @@ class LLM:
                                     media=(self.mtmd, media) if media is not None else None)
         finally:
             if media is not None:
-                for b in media._bitmaps:
-                    b.close()
-                media.close()
+                media.close()  # its bitmaps may serve other jobs (n > 1): they go with their last user
             if g is not None:
                 g.close()
                 self.last_stats = g.stats()

@@ -38,6 +38,8 @@ def split_media(messages: Sequence[Mapping[str, Any]], marker: str) -> tuple[lis
     out: list[dict[str, Any]] = []
     media: list[Any] = []
     for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}")
         m = dict(m)
         content = m.get("content")
         if isinstance(content, (list, tuple)):

@@ -34,7 +34,9 @@ PROJ_HIDDEN = 64   # mm.0 output width
 
 
 def make_mmproj(path, n_embd_text: int = 576, seed: int = 0, *, dtype=np.float32,
-                image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE) -> str:
+                image_size: int = IMAGE_SIZE, patch_size: int = PATCH_SIZE, proj_scale: float = 0.02) -> str:
+    """``proj_scale``: the spread of the projection weights; larger makes the image embeddings
+    (and so each image's effect on the text model) stronger."""
     path = str(path)
     rng = np.random.default_rng(seed)
     D, F, H, E, L = N_EMBD, N_FF, PROJ_HIDDEN, int(n_embd_text), N_LAYER
@@ -84,9 +86,9 @@ def make_mmproj(path, n_embd_text: int = 576, seed: int = 0, *, dtype=np.float32
         w.add_tensor(f"{p}.ffn_up.bias", zeros(F))
         w.add_tensor(f"{p}.ffn_down.weight", rnd(D, F))
         w.add_tensor(f"{p}.ffn_down.bias", zeros(D))
-    w.add_tensor("mm.0.weight", rnd(H, D))
+    w.add_tensor("mm.0.weight", rnd(H, D, scale=max(0.02, proj_scale)))
     w.add_tensor("mm.0.bias", zeros(H))
-    w.add_tensor("mm.2.weight", rnd(E, H))
+    w.add_tensor("mm.2.weight", rnd(E, H, scale=proj_scale))
     w.add_tensor("mm.2.bias", zeros(E))
 
     w.write_header_to_file()

@@ -236,9 +236,20 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
         body = await body_of(request)
         return await asyncio.get_running_loop().run_in_executor(None, oa.embeddings, body)
 
+    def chat_plan(body: Any) -> Plan:
+        plan = oa.chat(body)
+        for job in plan.jobs:  # images are decoded and tokenized here, off the event loop
+            if job.media is not None:
+                chunks = job.media()
+                job.media = (lambda c=chunks: c)
+        return plan
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        return await answer(request, oa.chat(await body_of(request)))
+        body = await body_of(request)
+        if oa.mtmd is None:
+            return await answer(request, oa.chat(body))
+        return await answer(request, await asyncio.get_running_loop().run_in_executor(None, chat_plan, body))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:

@@ -92,6 +92,41 @@ def check_projector(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+_MAX_PIXELS = 64_000_000
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from an image's header (PNG, GIF, BMP, JPEG), read before decoding it, so a
+    small file that decodes to gigabytes is refused first; None when unknown."""
+    import struct
+
+    try:
+        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if data[:6] in (b"GIF87a", b"GIF89a"):
+            return struct.unpack("<HH", data[6:10])
+        if data[:2] == b"BM" and len(data) >= 26:
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+        if data[:3] == b"\xff\xd8\xff":
+            i = 2
+            while i + 9 < len(data):
+                if data[i] != 0xFF:
+                    return None
+                marker = data[i + 1]
+                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                    i += 2
+                    continue
+                seg = struct.unpack(">H", data[i + 2:i + 4])[0]
+                if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                    h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                    return w, h
+                i += 2 + seg
+    except struct.error:
+        return None
+    return None
+
+
 def _media_kind(data: bytes) -> str:
     head = data[:16]
     if any(head.startswith(m) for m in _IMAGE_MAGIC):
@@ -184,6 +219,9 @@ class MtmdChunks(NativeHandle):
         return int(_lib().mtmd_input_chunks_size(self.ptr))
 
     def _chunk(self, i: int) -> Any:
+        n = len(self)
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+            raise IndexError(f"chunk index {i!r} out of range 0..{n - 1}")
         return _lib().mtmd_input_chunks_get(self.ptr, i)
 
     def kinds(self) -> list[int]:
@@ -290,6 +328,10 @@ class MtmdContext(NativeHandle):
         if len(data) > _MAX_MEDIA_BYTES:
             raise ValueError(f"the media is {len(data)} bytes; at most {_MAX_MEDIA_BYTES} are taken")
         kind = _media_kind(data)
+        size = _image_size(data)
+        if size is not None and (max(size) > _MAX_SIDE or size[0] * size[1] > _MAX_PIXELS):
+            raise ValueError(f"the image is {size[0]}x{size[1]} pixels; at most {_MAX_SIDE} a side and "
+                             f"{_MAX_PIXELS // 1_000_000} million in all are taken")
         if kind == "unknown":
             raise ValueError("the media is not an image (PNG, JPEG, GIF, BMP, WebP) or audio (WAV, MP3, FLAC) file")
         if kind == "webp" and shutil.which("ffmpeg") is None:
@@ -376,14 +418,22 @@ class MtmdContext(NativeHandle):
         No logits come out of media: a prompt goes on with text after it (decoded as tokens).
         Raises ``ValueError`` when it does not fit the context or the encoder fails."""
         mt = _lib()
-        if int(mt.mtmd_input_chunk_get_type(chunks._chunk(i))) == CHUNK_TEXT:
+        if ctx.model is not self.model:
+            raise ValueError("the context belongs to another model than the projector's")
+        chunk = chunks._chunk(i)
+        if int(mt.mtmd_input_chunk_get_type(chunk)) == CHUNK_TEXT:
             raise ValueError("text chunks are decoded as tokens (eval_prompt), not through eval_chunk")
+        n_tok = chunks.n_tokens_of(i)
+        if mt.mtmd_decode_use_non_causal(self.ptr, chunk) and n_tok > min(ctx.n_batch, ctx.n_ubatch):
+            # llama.cpp aborts when a non-causal batch does not fit one micro-batch
+            raise ValueError(f"this projector's images ({n_tok} embeddings) must fit one batch: use "
+                             f"n_batch and n_ubatch >= {n_tok} (the context has {ctx.n_batch}/{ctx.n_ubatch})")
         need = chunks.n_pos_of(i)
         if n_past + need > ctx.n_ctx:
             raise ValueError(f"the media needs {need} positions after {n_past}, but the context holds {ctx.n_ctx}")
         out = ffi.new("llama_pos *")
         before = len(_logging.last_errors())
-        mptr, cptr, chunk = self.ptr, ctx.ptr, chunks._chunk(i)
+        mptr, cptr = self.ptr, ctx.ptr
         rc = ctx._decode_outside(lambda: mt.mtmd_helper_eval_chunk_single(
             mptr, cptr, chunk, n_past, seq_id, ctx.n_batch, False, out), False)
         if rc != 0:
