@@ -12,6 +12,7 @@ from ._speculative import Speculative, SpeculativeParams
 from ._batch import BatchGenerator, BatchRequest, BatchResponse, batch_generate
 from ._engine import Engine, EngineRequest, QueueFullError
 from .grammar import json_schema_to_grammar
+from .memory import MemoryEstimate, estimate_gpu_layers, estimate_memory_usage
 from .download import download_model, list_cached_models
 from .llama import (
     GGUFContext,
@@ -32,6 +33,7 @@ from .llama import (
 )
 
 __all__ = [
+    "MemoryEstimate", "estimate_gpu_layers", "estimate_memory_usage",
     "__version__",
     "complete", "generate", "chat", "LLM", "Generator", "GenerationConfig", "GenerationStats", "GenerationChunk",
     "NgramCache", "Speculative", "SpeculativeParams",

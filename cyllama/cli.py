@@ -31,8 +31,22 @@ def _info(args: argparse.Namespace) -> int:
         "devices": [f"{d['name']} ({d['type']}): {d['description']}" for d in devices()],
         "system info": system_info().strip(),
     }
+    if getattr(args, "model", None):
+        from .memory import estimate_memory_usage
+        from .llama.gguf import GGUFContext
+
+        g = GGUFContext.from_file(args.model)
+        try:
+            meta = {k: g.get_value(k) for k in g.keys() if not k.startswith("tokenizer.ggml.")}
+        finally:
+            g.close()
+        data["model"] = args.model
+        data["model metadata"] = {k: (v if not isinstance(v, list) or len(v) <= 8 else f"[{len(v)} values]")
+                                  for k, v in meta.items() if k != "tokenizer.chat_template"}
+        est = estimate_memory_usage(args.model, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers)
+        data["memory estimate"] = str(est)
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2, default=str))
     else:
         for k, v in data.items():
             print(f"{k:18} {', '.join(map(str, v)) if isinstance(v, list) else v}")
@@ -178,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="version, llama.cpp commit, backends and system info")
     p.add_argument("--json", action="store_true")
+    p.add_argument("model", nargs="?", help="a GGUF model: also print its metadata and memory estimate")
+    p.add_argument("-c", "--n-ctx", type=int, default=2048, help="context size for the estimate")
+    p.add_argument("-ngl", "--n-gpu-layers", type=int, default=0, help="layers offloaded, for the estimate")
     p.set_defaults(fn=_info)
     g = sub.add_parser("generate", help="generate text from a prompt")
     _common(g, 256)
