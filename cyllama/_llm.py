@@ -71,6 +71,11 @@ class LLM:
             raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
         if speculative is not None and not isinstance(speculative, SpeculativeParams):
             raise TypeError(f"speculative must be a SpeculativeParams, got {type(speculative).__name__}")
+        if kwargs.get("n_gpu_layers") == "auto":  # as many layers as the free GPU memory holds
+            from .memory import auto_gpu_layers
+
+            kwargs["n_gpu_layers"] = auto_gpu_layers(model_path, kwargs.get("n_ctx") or 2048,
+                                                     kwargs.get("n_batch") or 512)
         self.config = (config or GenerationConfig()).replace(**kwargs)
         self.verbose = verbose
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=self.config.n_gpu_layers), verbose=verbose)

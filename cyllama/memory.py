@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-__all__ = ["MemoryEstimate", "estimate_memory_usage", "estimate_gpu_layers"]
+__all__ = ["MemoryEstimate", "estimate_memory_usage", "estimate_gpu_layers", "auto_gpu_layers"]
 
 _MiB = 1 << 20
 _KV_PAD = 256  # llama.cpp rounds the KV cache up to this many cells
@@ -203,3 +203,15 @@ def estimate_gpu_layers(model_path: str | os.PathLike, available_vram_mb: float,
             break
         best = est
     return best
+
+
+def auto_gpu_layers(model_path: str | os.PathLike, n_ctx: int = 2048, n_batch: int = 512,
+                    headroom: float = 0.9) -> int:
+    """``n_gpu_layers`` for ``n_gpu_layers="auto"``: as many layers as fit in ``headroom`` of the
+    free memory of the GPU with the most of it (0 without a GPU)."""
+    from .llama._backend import devices
+
+    free = max((d["memory_free"] for d in devices() if d["type"] in ("gpu", "igpu")), default=0)
+    if free <= 0:
+        return 0
+    return estimate_gpu_layers(model_path, free * headroom / 1e6, n_ctx, n_batch).n_gpu_layers

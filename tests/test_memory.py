@@ -91,3 +91,17 @@ def test_bad_input() -> None:
         estimate_gpu_layers(_assets.default_model_path(), available_vram_mb=-5)
     with pytest.raises((FileNotFoundError, ValueError, OSError)):
         estimate_memory_usage("/nonexistent/model.gguf")
+
+
+def test_auto_gpu_layers() -> None:
+    from cyllama import LLM
+    from cyllama.llama import devices
+    from cyllama.memory import auto_gpu_layers
+
+    path = _assets.default_model_path()
+    has_gpu = any(d["type"] in ("gpu", "igpu") for d in devices())
+    n = auto_gpu_layers(path)
+    assert n > 0 if has_gpu else n == 0
+    with LLM(path, n_gpu_layers="auto", max_tokens=4) as m:
+        assert m.config.n_gpu_layers == n
+        assert m("1, 2, 3,")
