@@ -32,7 +32,8 @@ from ._config import GenerationConfig, GenerationStats
 from ._errors import CyllamaError
 from ._generation import Generation, GenerationChunk, common_prefix, fit_prompt, prefill_media_steps
 from ._grammar_gate import GrammarSpec
-from ._speculative import Drafter, NgramLookup, PromptLookup
+from ._speculative import (ChainDrafter, DraftModel, Drafter, NgramLookup, PromptLookup, Speculative,
+                           SpeculativeParams, check_compatible)
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams
 from .llama.model import LlamaModel
@@ -117,6 +118,7 @@ class _Slot:
     drafts: list[int] | None = None  # this step's draft tokens, decoded after ``feed`` for verification
     media_pending: bool = False  # a prompt with media, evaluated a chunk per step before the batch
     media_steps: Iterator[None] | None = None  # that evaluation, under way
+    spec: Speculative | None = None  # with a draft model: this slot's sequence in the draft context
     pos_delta: int = 0  # position minus cached units (M-RoPE models place images on fewer positions)
 
     @property
@@ -134,7 +136,8 @@ class Engine:
 
     def __init__(self, model: LlamaModel, n_slots: int = 8, n_ctx: int | None = None, n_batch: int = 512,
                  prompt_chunk: int = 256, max_queue: int = 256, n_threads: int | None = None,
-                 lookup: int = 0, draft_budget: int = 8, mtmd: "MtmdContext | None" = None):
+                 lookup: int = 0, draft_budget: int = 8, mtmd: "MtmdContext | None" = None,
+                 draft_model: LlamaModel | None = None, speculative: SpeculativeParams | None = None):
         if not isinstance(n_slots, int) or not 1 <= n_slots <= 256:
             raise ValueError(f"n_slots must be an int in 1..256, got {n_slots!r}")
         for name, v in (("lookup", lookup), ("draft_budget", draft_budget)):
@@ -154,9 +157,28 @@ class Engine:
         if n_threads:
             p.n_threads = p.n_threads_batch = n_threads
         self.ctx = LlamaContext(model, p)
+        self.draft_ctx: LlamaContext | None = None
+        self.speculative = speculative or SpeculativeParams()
+        if draft_model is not None:  # speculative decoding: one draft sequence per slot, in one context
+            why = check_compatible(model, draft_model)
+            if why is not None:
+                self.ctx.close()
+                raise ValueError(f"the draft model cannot draft for this model: {why}")
+            dp = LlamaContextParams(n_ctx=self.n_ctx_slot * n_slots, n_batch=n_batch, n_ubatch=min(n_batch, 512),
+                                    n_seq_max=n_slots, kv_unified=True)
+            if n_threads:
+                dp.n_threads = dp.n_threads_batch = n_threads
+            try:
+                self.draft_ctx = LlamaContext(draft_model, dp)
+            except BaseException:
+                self.ctx.close()
+                raise
         self.n_batch = self.ctx.n_batch
         self.prompt_chunk = max(1, min(prompt_chunk, self.n_batch))
         self.slots = [_Slot(i) for i in range(n_slots)]
+        if self.draft_ctx is not None:
+            for sl in self.slots:
+                sl.spec = Speculative(self.ctx, self.draft_ctx, seq_id=sl.seq)
         self.max_queue = max_queue
         self._waiting: deque[EngineRequest] = deque()
         self._cv = threading.Condition()
@@ -237,6 +259,11 @@ class Engine:
             self._cv.notify()
         self._thread.join()
         self._batch.close()
+        for sl in self.slots:
+            if sl.spec is not None:
+                sl.spec.close()
+        if self.draft_ctx is not None:
+            self.draft_ctx.close()
         self.ctx.close()
 
     def __enter__(self) -> "Engine":
@@ -317,7 +344,7 @@ class Engine:
         history = req.tokens if req.media is None else [t for k, v in req.media if k == 0 for t in v]
         slot.gen = Generation.from_config(self.vocab, req.config, history, self.n_ctx_slot, req.grammar)
         slot.gen.cached_tokens = shared
-        slot.drafter = self._drafter_for(req.config) if req.media is None else None
+        slot.drafter = self._drafter_for(req.config, slot) if req.media is None else None
         slot.drafts = None
         slot.pos_delta = 0
         slot.media_pending = req.media is not None
@@ -326,11 +353,19 @@ class Engine:
         self.metrics["prompt_tokens_total"] += len(req.tokens) if req.media is None else req.media.n_tokens
         self.metrics["cached_prompt_tokens_total"] += shared
 
-    def _drafter_for(self, cfg: GenerationConfig) -> Drafter | None:
+    def _drafter_for(self, cfg: GenerationConfig, slot: _Slot) -> Drafter | None:
         n = cfg.prompt_lookup_num_tokens or self.lookup
+        parts: list[Drafter] = []
         if cfg.ngram_cache is not None:
-            return NgramLookup(n or 8, cfg.ngram_cache)
-        return PromptLookup(n, cfg.prompt_lookup_max_ngram) if n else None
+            parts.append(NgramLookup(n or 8, cfg.ngram_cache))
+        elif n:
+            parts.append(PromptLookup(n, cfg.prompt_lookup_max_ngram))
+        if slot.spec is not None:  # a cheap lookup first, then the draft model (as llama.cpp)
+            slot.spec.reset()
+            parts.append(DraftModel(slot.spec, self.speculative))
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else ChainDrafter(*parts)
 
     def _draft(self, s: _Slot, cap: int) -> list[int]:
         """Draft tokens to verify after ``s.feed[0]``: at most ``cap``, within the slot's context

@@ -109,12 +109,14 @@ class Speculative:
     evaluates what is new since the last call.
     """
 
-    def __init__(self, ctx_target: LlamaContext, ctx_draft: LlamaContext):
+    def __init__(self, ctx_target: LlamaContext, ctx_draft: LlamaContext, seq_id: int = 0):
         if not isinstance(ctx_target, LlamaContext) or not isinstance(ctx_draft, LlamaContext):
             raise TypeError("Speculative(ctx_target, ctx_draft) takes two LlamaContext objects")
-        self.ctx_target, self.ctx_draft = ctx_target, ctx_draft
-        self._cached: list[int] = []  # the tokens whose KV the draft context holds (sequence 0)
-        self._batch = LlamaBatch(1, 0, 1)
+        if isinstance(seq_id, bool) or not isinstance(seq_id, int) or not 0 <= seq_id < ctx_draft.n_seq_max:
+            raise ValueError(f"seq_id must be in 0..{ctx_draft.n_seq_max - 1}, got {seq_id!r}")
+        self.ctx_target, self.ctx_draft, self.seq_id = ctx_target, ctx_draft, seq_id
+        self._cached: list[int] = []  # the tokens whose KV the draft context holds (sequence seq_id)
+        self._batch = LlamaBatch(1, 0, seq_id + 1)
 
     def are_compatible(self) -> bool:
         """Whether the two models share a vocabulary closely enough (llama.cpp's rules)."""
@@ -125,8 +127,8 @@ class Speculative:
         return check_compatible(self.ctx_target.model, self.ctx_draft.model)
 
     def reset(self) -> None:
-        """Forgets the draft context's KV cache."""
-        self.ctx_draft.kv_cache_clear()
+        """Forgets the draft sequence's KV cache."""
+        self.ctx_draft.kv_cache_seq_rm(self.seq_id, -1, -1)
         self._cached = []
 
     def gen_draft(self, params: SpeculativeParams, prompt_tokens: Sequence[int], last_token: int) -> list[int]:
@@ -149,20 +151,21 @@ class Speculative:
         reuse = _prefix_len(cached, prompt)
         if reuse < min(params.n_reuse, n):
             reuse = 0
+        seq = self.seq_id
         if reuse < len(cached):
-            if not ctx.kv_cache_seq_rm(0, reuse, -1):
-                ctx.kv_cache_seq_rm(0, -1, -1)
+            if not ctx.kv_cache_seq_rm(seq, reuse, -1):
+                ctx.kv_cache_seq_rm(seq, -1, -1)
                 reuse = 0
             del cached[reuse:]
         if reuse < n:
-            eval_prompt(ctx, prompt[reuse:], reuse, 0, cached)
+            eval_prompt(ctx, prompt[reuse:], reuse, seq, cached)
         batch = self._batch
         out: list[int] = []
         tok, pos = last, n
         n_max = min(params.n_draft, room)
         while True:
             batch.clear()
-            batch.add(tok, pos, 0, True)
+            batch.add(tok, pos, seq, True)
             ctx.decode(batch)
             cached.append(tok)
             pos += 1

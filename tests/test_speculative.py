@@ -323,3 +323,37 @@ def test_server_lookup(model_path, plain):
         bad = requests.post(s.base_url + "/v1/chat/completions", json={**body, "prompt_lookup_num_tokens": -1},
                             timeout=60)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "prompt_lookup_num_tokens"
+
+
+def test_engine_draft_model_is_lossless_per_slot(llm, copy_prompt, plain):
+    """A draft model in the engine: one draft sequence per slot; two requests at once each get the
+    output they get without drafting, and the drafts are used."""
+    from cyllama import Engine
+
+    cfg = GenerationConfig(temperature=0.0, max_tokens=120, repeat_penalty=1.0)
+    with Engine(llm.model, n_slots=2, n_ctx=1024, draft_model=llm.model, draft_budget=12) as eng:
+        reqs = [eng.submit(copy_prompt, cfg), eng.submit(copy_prompt, cfg)]
+        for req in reqs:
+            toks = [c.token for c in req if c.token is not None]
+            assert_same_greedy(llm, copy_prompt, plain[0], toks)
+        assert eng.metrics["draft_tokens_total"] > 0 and eng.metrics["accepted_tokens_total"] > 0
+    from cyllama import LlamaModel, LlamaModelParams, _assets
+
+    other = LlamaModel(_assets.vocab_model_path("gpt-2"), LlamaModelParams(vocab_only=True))
+    try:
+        with pytest.raises(ValueError, match="cannot draft"):  # another vocabulary
+            Engine(llm.model, n_slots=1, draft_model=other)
+    finally:
+        other.close()
+
+
+def test_server_draft_model(model_path, plain):
+    requests = pytest.importorskip("requests")
+    pytest.importorskip("fastapi")
+    from cyllama.llama.server.embedded import EmbeddedServer
+
+    with EmbeddedServer(model_path, port=0, n_ctx=1024, n_parallel=1, draft_model=model_path, draft_max=8) as s:
+        body = {"messages": COPY_PROMPT, "temperature": 0, "max_tokens": 120, "repeat_penalty": 1.0}
+        r = requests.post(s.base_url + "/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == plain[1]
+        assert s.service.engine.metrics["accepted_tokens_total"] > 0

@@ -27,18 +27,28 @@ class ModelService:
     def __init__(self, model_path: str | os.PathLike, *, n_ctx: int = 2048, n_gpu_layers: int = 99,
                  n_parallel: int = 4, n_threads: int | None = None, max_queue: int = 64,
                  model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None,
-                 lookup: int = 0, mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False):
+                 lookup: int = 0, mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 16):
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers))
         self.mtmd = None
+        self.draft_model: LlamaModel | None = None
         try:
+            if draft_model is not None:
+                from .._speculative import SpeculativeParams
+
+                self.draft_model = LlamaModel(draft_model, LlamaModelParams(n_gpu_layers=n_gpu_layers))
+                spec = SpeculativeParams(n_draft=draft_max)
             self.vocab = self.model.get_vocab()
             if mmproj is not None:
                 from ..llama.mtmd.context import MtmdContext
 
                 self.mtmd = MtmdContext(mmproj, self.model, use_gpu=n_gpu_layers != 0, n_threads=n_threads)
             self.engine = Engine(self.model, n_slots=n_parallel, n_ctx=n_ctx, n_batch=n_batch, max_queue=max_queue,
-                                 n_threads=n_threads, lookup=lookup, mtmd=self.mtmd)
+                                 n_threads=n_threads, lookup=lookup, mtmd=self.mtmd, draft_model=self.draft_model,
+                                 speculative=spec if draft_model is not None else None)
         except BaseException:
+            if self.draft_model is not None:
+                self.draft_model.close()
             self.model.close()
             raise
         self.model_id = model_alias or self.model.path.name
@@ -121,4 +131,6 @@ class ModelService:
         self.engine.close()
         if self._embedder is not None:
             self._embedder.close()
+        if self.draft_model is not None:
+            self.draft_model.close()
         self.model.close()

@@ -309,14 +309,16 @@ class EmbeddedServer:
                  api_key: str | None = None, max_queue: int = 64, model_alias: str | None = None,
                  chat_template: str | None = None, log_level: str = "warning",
                  cors_origins: list[str] | None = None, lookup: int = 0,
-                 mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False):
+                 mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 16):
         self.host, self.port = host, port
         self.api_key = api_key
         self.log_level = log_level
         self.service = ModelService(model_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_parallel=n_parallel,
                                     n_threads=n_threads, max_queue=max_queue, model_alias=model_alias,
                                     chat_template=chat_template, lookup=lookup, mmproj=mmproj,
-                                    allow_image_urls=allow_image_urls)
+                                    allow_image_urls=allow_image_urls, draft_model=draft_model,
+                                    draft_max=draft_max)
         self.app = create_app(self.service, api_key, cors_origins=cors_origins)
         self._server: Any = None
         self._thread: threading.Thread | None = None
