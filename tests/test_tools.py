@@ -553,3 +553,35 @@ def test_gated_sampler_reset_waits_for_the_trigger_again(model) -> None:
         assert not s.gate.active
     finally:
         s.close()
+
+
+def test_tool_call_stream_survives_random_markup() -> None:
+    """Random mixes of call markup, JSON fragments and text, fed in random pieces to every family's
+    parser: never an exception, and the stream's events always add up to its final message."""
+    import random
+
+    pieces = ["<tool_call>", "</tool_call>", "[TOOL_CALLS]", "<|python_tag|>", "<function=add>", "</function>",
+              ">>>", "add\n", "all\n", "```json\n", "```", '{"name": "add", "arguments": ', '{"a": 1, "b": 2}',
+              "}", "{", "[", "]", ",", '"', "\\", "text ", "\n", " ", "é", '{"name": "nope"', ';']
+    fmts = [tf.tool_format_for(None), tf.HermesFormat({}), tf.Llama3Format({}), tf.MistralFormat({}),
+            tf.FunctionaryV31Format({}), tf.FunctionaryV32Format({})]
+    rng = random.Random(7)
+    for _ in range(400):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        fmt = rng.choice(fmts)
+        forced = rng.random() < 0.2
+        st = tf.ToolCallStream(fmt, NAMES, forced)
+        events = []
+        i = 0
+        while i < len(text):
+            n = rng.randint(1, 6)
+            events += st.feed(text[i:i + n])
+            i += n
+        events += st.finish()
+        content, calls = st.message()
+        assert "".join(e[1] for e in events if e[0] == "content") == (content or ""), (fmt.name, text)
+        args = {}
+        for e in events:
+            if e[0] == "args":
+                args[e[1]] = args.get(e[1], "") + e[2]
+        assert [args.get(k, "") for k in range(len(calls))] == [c["function"]["arguments"] for c in calls]
