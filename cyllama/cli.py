@@ -175,6 +175,43 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _transcribe(args: argparse.Namespace) -> int:
+    from .whisper import WhisperContext, WhisperParams
+
+    params = WhisperParams(language=args.language, translate=args.translate)
+    if args.threads:
+        params.n_threads = args.threads
+    with WhisperContext(args.model) as w:
+        bar = None
+        if not args.quiet:
+            try:
+                from tqdm import tqdm
+
+                bar = tqdm(total=100, unit="%", file=sys.stderr, leave=False)
+            except ImportError:
+                bar = None
+        last = [0]
+
+        def progress(pct: int) -> None:
+            if bar is not None:
+                bar.update(max(0, pct - last[0]))
+                last[0] = max(last[0], pct)
+
+        result = w.transcribe(args.audio, params, on_progress=progress)
+        if bar is not None:
+            bar.close()
+    text = result.write(args.format)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if not args.quiet:
+        print(f"[whisper] {result.duration:.1f} s of audio, language {result.language}, "
+              f"{len(result.segments)} segments", file=sys.stderr)
+    return 0
+
+
 def _common(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("-m", "--model", help="GGUF model (default: SmolLM2-135M-Instruct, fetched on first use)")
     p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
@@ -211,6 +248,16 @@ def build_parser() -> argparse.ArgumentParser:
     _common(c, 512)
     c.add_argument("-s", "--system", help="system prompt")
     c.set_defaults(fn=_chat)
+    t = sub.add_parser("transcribe", help="speech to text with whisper.cpp (txt, srt, vtt or json)")
+    t.add_argument("audio", help="an audio file (WAV; FLAC, OGG, MP3... with soundfile installed)")
+    t.add_argument("-m", "--model", help="whisper ggml model (default: tiny.en, made on first use)")
+    t.add_argument("-f", "--format", default="txt", choices=["txt", "srt", "vtt", "json"])
+    t.add_argument("-l", "--language", default="auto", help="language code, or auto (default)")
+    t.add_argument("--translate", action="store_true", help="translate to English")
+    t.add_argument("-o", "--output", help="write to this file instead of stdout")
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    t.set_defaults(fn=_transcribe)
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
     s.add_argument("-m", "--model", help="GGUF model (default: SmolLM2-135M-Instruct, fetched on first use)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")

@@ -26,9 +26,10 @@ from .context import (
     languages,
     read_wav,
 )
+from .audio import load_audio, resample
 from .convert import convert_ct2_to_ggml
 
 __all__ = [
     "WhisperContext", "WhisperParams", "TranscriptionResult", "Segment", "default_model_path",
-    "convert_ct2_to_ggml", "read_wav", "lang_id", "lang_str", "languages",
+    "convert_ct2_to_ggml", "read_wav", "lang_id", "lang_str", "languages", "load_audio", "resample",
 ]

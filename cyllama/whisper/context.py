@@ -235,6 +235,15 @@ class Segment:
     start: float
     end: float
     text: str
+    no_speech_prob: float = 0.0  # whisper's probability that the segment holds no speech
+
+
+def _stamp(t: float, sep: str) -> str:
+    ms = int(round(max(t, 0.0) * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    sec, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{sec:02d}{sep}{ms:03d}"
 
 
 @dataclass
@@ -242,9 +251,41 @@ class TranscriptionResult:
     text: str
     segments: list[Segment] = field(default_factory=list)
     language: str = "en"
+    duration: float = 0.0  # seconds of audio
+    cancelled: bool = False  # cancel() stopped it: the segments so far
 
     def __str__(self) -> str:
         return self.text
+
+    # -- writers ----------------------------------------------------------------------------
+    def to_txt(self) -> str:
+        return "\n".join(s.text for s in self.segments) + ("\n" if self.segments else "")
+
+    def to_srt(self) -> str:
+        """SubRip subtitles."""
+        return "".join(f"{i}\n{_stamp(s.start, ',')} --> {_stamp(s.end, ',')}\n{s.text}\n\n"
+                       for i, s in enumerate(self.segments, 1))
+
+    def to_vtt(self) -> str:
+        """WebVTT subtitles."""
+        return "WEBVTT\n\n" + "".join(f"{_stamp(s.start, '.')} --> {_stamp(s.end, '.')}\n{s.text}\n\n"
+                                       for s in self.segments)
+
+    def to_json(self) -> str:
+        import json
+
+        return json.dumps({"text": self.text, "language": self.language, "duration": self.duration,
+                           "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text,
+                                         "no_speech_prob": s.no_speech_prob} for i, s in enumerate(self.segments)]},
+                          ensure_ascii=False, indent=2)
+
+    def write(self, fmt: str) -> str:
+        """The transcript as ``fmt``: txt, srt, vtt or json."""
+        writers = {"txt": self.to_txt, "text": self.to_txt, "srt": self.to_srt, "vtt": self.to_vtt,
+                   "json": self.to_json}
+        if fmt not in writers:
+            raise ValueError(f"format must be one of txt, srt, vtt, json, got {fmt!r}")
+        return writers[fmt]()
 
 
 def read_wav(path: str | os.PathLike) -> np.ndarray:
@@ -269,22 +310,10 @@ def read_wav(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(pcm, dtype=np.float32)
 
 
-def _as_samples(audio: Any) -> np.ndarray:
-    if isinstance(audio, (str, os.PathLike)):
-        samples = read_wav(audio)
-    else:
-        if isinstance(audio, (bytes, bytearray, memoryview)):
-            raise TypeError("audio must be a WAV path or a float32 array of samples, not bytes")
-        arr = np.asarray(audio)
-        if arr.dtype == np.int16:  # raw 16-bit PCM
-            arr = arr.astype(np.float32) / 32768.0
-        elif arr.dtype.kind not in "fiu":
-            raise TypeError(f"audio samples must be numbers, got dtype {arr.dtype}")
-        if arr.ndim != 1:
-            raise ValueError(f"audio must be a 1-D array of mono samples, got shape {arr.shape}")
-        samples = np.ascontiguousarray(arr, dtype=np.float32)
-        if samples.size and not np.isfinite(samples).all():
-            raise ValueError("audio contains NaN or infinite samples")
+def _as_samples(audio: Any, sample_rate: int | None = None) -> np.ndarray:
+    from .audio import load_audio
+
+    samples = load_audio(audio, sample_rate)
     if samples.size == 0:
         raise ValueError("audio is empty")
     if samples.size > _INT32_MAX:
@@ -357,6 +386,7 @@ class WhisperContext(NativeHandle):
         self._adopt(ptr, lib.whisper_free)
         self._lib = lib
         self._busy = threading.Lock()
+        self._cancel = False
         self.n_vocab = int(lib.whisper_n_vocab(ptr))
         self.n_text_ctx = int(lib.whisper_n_text_ctx(ptr))
         self.n_audio_ctx = int(lib.whisper_n_audio_ctx(ptr))
@@ -369,12 +399,22 @@ class WhisperContext(NativeHandle):
     lang_str = staticmethod(lang_str)
     languages = staticmethod(languages)
 
-    def transcribe(self, audio: Any, params: WhisperParams | None = None) -> TranscriptionResult:
-        """Transcribes a 16 kHz WAV file path or a float32 array of 16 kHz mono samples."""
+    def cancel(self) -> None:
+        """Stops a running :meth:`transcribe` (from another thread); it returns what it has, with
+        ``cancelled=True``. The context stays usable."""
+        self._cancel = True
+
+    def transcribe(self, audio: Any, params: WhisperParams | None = None, *, sample_rate: int | None = None,
+                   on_progress: Any = None) -> TranscriptionResult:
+        """Transcribes audio: a file path (WAV; FLAC, OGG, MP3... with ``soundfile``), the bytes of
+        an audio file, or an array of samples at ``sample_rate`` Hz (default 16000), mono or
+        ``(n, channels)``. ``on_progress(percent)`` is called as whisper.cpp advances."""
         params = WhisperParams() if params is None else params
         if not isinstance(params, WhisperParams):
             raise TypeError(f"params must be WhisperParams, got {type(params).__name__}")
-        samples = _as_samples(audio)
+        if on_progress is not None and not callable(on_progress):
+            raise TypeError("on_progress must be callable")
+        samples = _as_samples(audio, sample_rate)
         lang = params.language
         if not self.is_multilingual:
             if lang not in ("auto", "en"):
@@ -395,15 +435,34 @@ class WhisperContext(NativeHandle):
             if lang == "auto" and not self.is_multilingual:
                 keep.append(ffi.new("char[]", b"en"))  # skip detection on English-only models
                 c.language = keep[-1]
+            self._cancel = False
+            abort_cb = ffi.callback("bool(void *)", lambda _d: bool(self._cancel), onerror=lambda *a: False)
+            c.abort_callback, c.abort_callback_user_data = abort_cb, ffi.NULL
+            keep.append(abort_cb)
+            if on_progress is not None:
+                def progress(_ctx: Any, _state: Any, pct: int, _d: Any) -> None:
+                    on_progress(int(pct))
+                prog_cb = ffi.callback("void(struct whisper_context *, struct whisper_state *, int, void *)",
+                                       progress, onerror=lambda *a: None)
+                c.progress_callback, c.progress_callback_user_data = prog_cb, ffi.NULL
+                keep.append(prog_cb)
             buf = ffi.from_buffer("float[]", samples)
             before = len(_logging.last_errors())
             rc = self._lib.whisper_full(ptr, c[0], buf, samples.size)
             del keep
+            duration = samples.size / SAMPLE_RATE
+            if self._cancel:
+                res = self._collect(ptr, lang)
+                res.cancelled, res.duration = True, duration
+                return res
             if rc != 0:
                 why = "; ".join(_logging.last_errors()[before:][-3:]) or "see the whisper log"
                 raise CyllamaError(f"whisper_full failed with code {rc}: {why}")
-            return self._collect(ptr, lang)
+            res = self._collect(ptr, lang)
+            res.duration = duration
+            return res
         finally:
+            self._cancel = False
             self._busy.release()
 
     def _collect(self, ptr: Any, lang: str) -> TranscriptionResult:
@@ -415,7 +474,7 @@ class WhisperContext(NativeHandle):
             parts.append(raw)
             t0 = lib.whisper_full_get_segment_t0(ptr, i) / 100.0
             t1 = lib.whisper_full_get_segment_t1(ptr, i) / 100.0
-            segments.append(Segment(t0, t1, raw.strip()))
+            segments.append(Segment(t0, t1, raw.strip(), float(lib.whisper_full_get_segment_no_speech_prob(ptr, i))))
         if not self.is_multilingual:
             lang = "en"
         elif lang == "auto":
