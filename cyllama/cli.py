@@ -151,7 +151,7 @@ def _serve(args: argparse.Namespace) -> int:
               n_threads=args.threads or None, api_key=args.api_key or None, max_queue=args.max_queue,
               model_alias=args.alias, cors_origins=args.cors_origin or None, lookup=args.lookup,
               mmproj=args.mmproj, allow_image_urls=args.allow_image_urls, draft_model=args.draft_model,
-              draft_max=args.draft_max)
+              draft_max=args.draft_max, whisper_model=args.whisper_model)
     if args.mongoose:
         import signal
         import threading
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-md", "--draft-model", metavar="FILE", help="a small model with the same vocabulary that "
                    "drafts tokens for the model to verify (speculative decoding; the output is unchanged)")
     s.add_argument("--draft-max", type=int, default=16, metavar="N", help="most tokens drafted per step (default 16)")
+    s.add_argument("--whisper-model", metavar="FILE", help="a whisper ggml model: serve /v1/audio/transcriptions "
+                   "and /v1/audio/translations")
     s.add_argument("--allow-image-urls", action="store_true", help="download http(s) image URLs in requests "
                    "(64 MB, 15 s limits; off by default: data: URLs only)")
     s.add_argument("--mongoose", action="store_true", help="serve with the Mongoose C event loop (cymongoose)")

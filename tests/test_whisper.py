@@ -355,3 +355,33 @@ def test_cli_transcribe(jfk: Path, whisper_model: Path, tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "cyllama", "transcribe", str(tmp_path / "none.wav"), "-q"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "none.wav" in bad.stderr
+
+
+def test_openai_audio_routes(jfk: Path, whisper_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("python_multipart")
+    openai = pytest.importorskip("openai")
+    from cyllama import _assets
+    from cyllama.llama.server.embedded import EmbeddedServer
+
+    s = EmbeddedServer(_assets.default_model_path(), port=0, n_ctx=256, n_parallel=1, whisper_model=whisper_model)
+    s.start()
+    try:
+        api = openai.OpenAI(base_url=s.base_url + "/v1", api_key="none", max_retries=0)
+        with open(jfk, "rb") as f:
+            r = api.audio.transcriptions.create(model="whisper-1", file=f)
+        assert PHRASE in norm(r.text)
+        with open(jfk, "rb") as f:
+            srt = api.audio.transcriptions.create(model="whisper-1", file=f, response_format="srt")
+        assert "00:00:00,000 -->" in srt
+        with open(jfk, "rb") as f:
+            v = api.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json")
+        assert v.language == "en" and 10.5 < v.duration < 11.5 and v.segments
+        bad = tmp_path / "bad.wav"
+        bad.write_text("not audio")
+        with open(bad, "rb") as f, pytest.raises(openai.BadRequestError, match="audio"):
+            api.audio.transcriptions.create(model="whisper-1", file=f)
+        with open(jfk, "rb") as f, pytest.raises(openai.BadRequestError, match="English-only"):
+            api.audio.translations.create(model="whisper-1", file=f, prompt="x")  # tiny.en cannot translate
+    finally:
+        s.stop()

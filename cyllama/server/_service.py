@@ -28,7 +28,8 @@ class ModelService:
                  n_parallel: int = 4, n_threads: int | None = None, max_queue: int = 64,
                  model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None,
                  lookup: int = 0, mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
-                 draft_model: str | os.PathLike | None = None, draft_max: int = 16):
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 16,
+                 whisper_model: str | os.PathLike | None = None):
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers))
         self.mtmd = None
         self.draft_model: LlamaModel | None = None
@@ -62,6 +63,16 @@ class ModelService:
             strict_model=True, chat_template=chat_template, embed=self._embed, mtmd=self.mtmd,
             media_urls=allow_image_urls)
         self.counters = {"http_requests_total": 0, "http_errors_total": 0, "client_disconnects_total": 0}
+        self.whisper = None  # speech to text for /v1/audio/*: one transcription at a time
+        self._whisper_lock = threading.Lock()
+        if whisper_model is not None:
+            from ..whisper import WhisperContext
+
+            try:
+                self.whisper = WhisperContext(whisper_model, use_gpu=n_gpu_layers != 0)
+            except BaseException:
+                self.close()
+                raise
 
     def _embed(self, token_lists: list[list[int]]) -> Any:
         with self._embed_lock:
@@ -127,7 +138,43 @@ class ModelService:
             "Clients that went away before their answer was complete")
         return "\n".join(lines) + "\n"
 
+    def transcribe(self, audio: bytes, *, translate: bool = False, language: str | None = None,
+                   prompt: str | None = None, temperature: float | None = None, response_format: str = "json",
+                   ) -> tuple[str, Any]:
+        """OpenAI's audio transcription/translation: (media type, body) for ``response_format``."""
+        from ..whisper import WhisperParams
+
+        if self.whisper is None:
+            raise ApiError("this server has no speech model: start it with --whisper-model PATH", "model", 404,
+                           "model_not_found")
+        if response_format not in ("json", "text", "srt", "vtt", "verbose_json"):
+            raise ApiError("response_format must be json, text, srt, vtt or verbose_json", "response_format")
+        try:
+            params = WhisperParams(language=language or ("en" if translate else "auto"), translate=translate)
+            if prompt:
+                params.initial_prompt = prompt
+            if temperature is not None:
+                params.temperature = float(temperature)
+            with self._whisper_lock:
+                result = self.whisper.transcribe(audio, params)
+        except (ValueError, TypeError) as exc:
+            raise ApiError(str(exc), "file") from None
+        if response_format == "text":
+            return "text/plain", result.text + "\n"
+        if response_format in ("srt", "vtt"):
+            return "text/plain", result.write(response_format)
+        if response_format == "json":
+            return "application/json", {"text": result.text}
+        return "application/json", {
+            "task": "translate" if translate else "transcribe", "language": result.language,
+            "duration": result.duration, "text": result.text,
+            "segments": [{"id": i, "seek": 0, "start": sg.start, "end": sg.end, "text": sg.text, "tokens": [],
+                          "temperature": params.temperature, "avg_logprob": 0.0, "compression_ratio": 0.0,
+                          "no_speech_prob": sg.no_speech_prob} for i, sg in enumerate(result.segments)]}
+
     def close(self) -> None:
+        if getattr(self, "whisper", None) is not None:
+            self.whisper.close()
         self.engine.close()
         if self._embedder is not None:
             self._embedder.close()

@@ -231,6 +231,35 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
     async def detokenize(request: Request) -> Any:
         return service.detokenize(await body_of(request))
 
+    async def audio(request: Request, translate: bool) -> Any:
+        from starlette.responses import PlainTextResponse
+
+        try:
+            form = await request.form()
+        except Exception as exc:  # not multipart, or python-multipart missing
+            raise ApiError(f"send multipart/form-data with a 'file' part ({exc})", "file") from None
+        upload = form.get("file")
+        if upload is None or not hasattr(upload, "read"):
+            raise ApiError("the request needs a 'file' part with the audio", "file")
+        data = await upload.read()
+        temperature = form.get("temperature")
+        try:
+            temperature = float(temperature) if temperature not in (None, "") else None
+        except ValueError:
+            raise ApiError("temperature must be a number", "temperature") from None
+        kind, body = await asyncio.get_running_loop().run_in_executor(None, lambda: service.transcribe(
+            data, translate=translate, language=form.get("language") or None, prompt=form.get("prompt") or None,
+            temperature=temperature, response_format=str(form.get("response_format") or "json")))
+        return PlainTextResponse(body) if kind == "text/plain" else body
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Any:
+        return await audio(request, False)
+
+    @app.post("/v1/audio/translations")
+    async def translations(request: Request) -> Any:
+        return await audio(request, True)
+
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
         body = await body_of(request)
@@ -310,7 +339,8 @@ class EmbeddedServer:
                  chat_template: str | None = None, log_level: str = "warning",
                  cors_origins: list[str] | None = None, lookup: int = 0,
                  mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
-                 draft_model: str | os.PathLike | None = None, draft_max: int = 16):
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 16,
+                 whisper_model: str | os.PathLike | None = None):
         self.host, self.port = host, port
         self.api_key = api_key
         self.log_level = log_level
@@ -318,7 +348,7 @@ class EmbeddedServer:
                                     n_threads=n_threads, max_queue=max_queue, model_alias=model_alias,
                                     chat_template=chat_template, lookup=lookup, mmproj=mmproj,
                                     allow_image_urls=allow_image_urls, draft_model=draft_model,
-                                    draft_max=draft_max)
+                                    draft_max=draft_max, whisper_model=whisper_model)
         self.app = create_app(self.service, api_key, cors_origins=cors_origins)
         self._server: Any = None
         self._thread: threading.Thread | None = None
