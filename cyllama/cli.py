@@ -197,7 +197,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                 bar.update(max(0, pct - last[0]))
                 last[0] = max(last[0], pct)
 
-        result = w.transcribe(args.audio, params, on_progress=progress)
+        result = w.transcribe(args.audio, params, on_progress=progress, word_timestamps=args.word_timestamps)
         if bar is not None:
             bar.close()
     text = result.write(args.format)
@@ -254,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-f", "--format", default="txt", choices=["txt", "srt", "vtt", "json"])
     t.add_argument("-l", "--language", default="auto", help="language code, or auto (default)")
     t.add_argument("--translate", action="store_true", help="translate to English")
+    t.add_argument("--word-timestamps", action="store_true", help="times for each word (in the json format)")
     t.add_argument("-o", "--output", help="write to this file instead of stdout")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")

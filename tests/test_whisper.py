@@ -377,6 +377,10 @@ def test_openai_audio_routes(jfk: Path, whisper_model: Path, tmp_path: Path) -> 
         with open(jfk, "rb") as f:
             v = api.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json")
         assert v.language == "en" and 10.5 < v.duration < 11.5 and v.segments
+        with open(jfk, "rb") as f:
+            vw = api.audio.transcriptions.create(model="whisper-1", file=f, response_format="verbose_json",
+                                                 timestamp_granularities=["word"])
+        assert vw.words and vw.words[0].word and vw.words[-1].end <= vw.duration + 0.5
         bad = tmp_path / "bad.wav"
         bad.write_text("not audio")
         with open(bad, "rb") as f, pytest.raises(openai.BadRequestError, match="audio"):
@@ -385,3 +389,21 @@ def test_openai_audio_routes(jfk: Path, whisper_model: Path, tmp_path: Path) -> 
             api.audio.translations.create(model="whisper-1", file=f, prompt="x")  # tiny.en cannot translate
     finally:
         s.stop()
+
+
+def test_word_timestamps_tokens_and_logprobs(wctx: WhisperContext, jfk: Path) -> None:
+    import json
+
+    r = wctx.transcribe(jfk, word_timestamps=True)
+    last = 0.0
+    for seg in r.segments:
+        assert seg.tokens and -5 < seg.avg_logprob <= 0
+        assert seg.words and norm(" ".join(w.word for w in seg.words)) == norm(seg.text)
+        for w in seg.words:
+            assert seg.start <= w.start <= w.end <= seg.end and w.start >= last - 1e-6
+            assert 0 < w.probability <= 1
+            last = w.start
+    data = json.loads(r.to_json())
+    assert data["segments"][0]["words"][0]["word"] == r.segments[0].words[0].word
+    plain = wctx.transcribe(jfk)
+    assert plain.segments[0].words is None and plain.segments[0].tokens == r.segments[0].tokens

@@ -140,7 +140,7 @@ class ModelService:
 
     def transcribe(self, audio: bytes, *, translate: bool = False, language: str | None = None,
                    prompt: str | None = None, temperature: float | None = None, response_format: str = "json",
-                   ) -> tuple[str, Any]:
+                   words: bool = False) -> tuple[str, Any]:
         """OpenAI's audio transcription/translation: (media type, body) for ``response_format``."""
         from ..whisper import WhisperParams
 
@@ -156,7 +156,7 @@ class ModelService:
             if temperature is not None:
                 params.temperature = float(temperature)
             with self._whisper_lock:
-                result = self.whisper.transcribe(audio, params)
+                result = self.whisper.transcribe(audio, params, word_timestamps=words)
         except (ValueError, TypeError) as exc:
             raise ApiError(str(exc), "file") from None
         if response_format == "text":
@@ -168,9 +168,11 @@ class ModelService:
         return "application/json", {
             "task": "translate" if translate else "transcribe", "language": result.language,
             "duration": result.duration, "text": result.text,
-            "segments": [{"id": i, "seek": 0, "start": sg.start, "end": sg.end, "text": sg.text, "tokens": [],
-                          "temperature": params.temperature, "avg_logprob": 0.0, "compression_ratio": 0.0,
-                          "no_speech_prob": sg.no_speech_prob} for i, sg in enumerate(result.segments)]}
+            "segments": [{"id": i, "seek": 0, "start": sg.start, "end": sg.end, "text": sg.text, "tokens": sg.tokens,
+                          "temperature": params.temperature, "avg_logprob": sg.avg_logprob, "compression_ratio": 0.0,
+                          "no_speech_prob": sg.no_speech_prob} for i, sg in enumerate(result.segments)],
+            **({"words": [{"word": w.word, "start": w.start, "end": w.end}
+                          for sg in result.segments for w in sg.words or []]} if words else {})}
 
     def close(self) -> None:
         if getattr(self, "whisper", None) is not None:

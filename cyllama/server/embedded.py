@@ -249,7 +249,8 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
             raise ApiError("temperature must be a number", "temperature") from None
         kind, body = await asyncio.get_running_loop().run_in_executor(None, lambda: service.transcribe(
             data, translate=translate, language=form.get("language") or None, prompt=form.get("prompt") or None,
-            temperature=temperature, response_format=str(form.get("response_format") or "json")))
+            temperature=temperature, response_format=str(form.get("response_format") or "json"),
+            words="word" in form.getlist("timestamp_granularities[]")))
         return PlainTextResponse(body) if kind == "text/plain" else body
 
     @app.post("/v1/audio/transcriptions")

@@ -18,6 +18,7 @@ from the Python package registry (:func:`convert_ct2_to_ggml`).
 from .context import (
     Segment,
     TranscriptionResult,
+    Word,
     WhisperContext,
     WhisperParams,
     default_model_path,
@@ -30,6 +31,6 @@ from .audio import load_audio, resample
 from .convert import convert_ct2_to_ggml
 
 __all__ = [
-    "WhisperContext", "WhisperParams", "TranscriptionResult", "Segment", "default_model_path",
+    "WhisperContext", "WhisperParams", "TranscriptionResult", "Segment", "Word", "default_model_path",
     "convert_ct2_to_ggml", "read_wav", "lang_id", "lang_str", "languages", "load_audio", "resample",
 ]

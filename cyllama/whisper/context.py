@@ -12,6 +12,7 @@ everything is checked here, in Python, before it reaches C.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import threading
@@ -229,6 +230,16 @@ class WhisperParams(StructParams):
 
 
 @dataclass
+class Word:
+    """A word and when it was said (seconds), with whisper's probability for it."""
+
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
 class Segment:
     """A piece of the transcript; times in seconds from the start of the audio."""
 
@@ -236,6 +247,9 @@ class Segment:
     end: float
     text: str
     no_speech_prob: float = 0.0  # whisper's probability that the segment holds no speech
+    tokens: list[int] = field(default_factory=list)  # its text tokens
+    avg_logprob: float = 0.0  # mean log-probability of those tokens
+    words: list[Word] | None = None  # with word_timestamps=True
 
 
 def _stamp(t: float, sep: str) -> str:
@@ -276,7 +290,11 @@ class TranscriptionResult:
 
         return json.dumps({"text": self.text, "language": self.language, "duration": self.duration,
                            "segments": [{"id": i, "start": s.start, "end": s.end, "text": s.text,
-                                         "no_speech_prob": s.no_speech_prob} for i, s in enumerate(self.segments)]},
+                                         "tokens": s.tokens, "avg_logprob": s.avg_logprob,
+                                         "no_speech_prob": s.no_speech_prob,
+                                         **({"words": [dataclasses.asdict(w) for w in s.words]}
+                                            if s.words is not None else {})}
+                                        for i, s in enumerate(self.segments)]},
                           ensure_ascii=False, indent=2)
 
     def write(self, fmt: str) -> str:
@@ -387,6 +405,7 @@ class WhisperContext(NativeHandle):
         self._lib = lib
         self._busy = threading.Lock()
         self._cancel = False
+        self._words = False
         self.n_vocab = int(lib.whisper_n_vocab(ptr))
         self.n_text_ctx = int(lib.whisper_n_text_ctx(ptr))
         self.n_audio_ctx = int(lib.whisper_n_audio_ctx(ptr))
@@ -405,10 +424,11 @@ class WhisperContext(NativeHandle):
         self._cancel = True
 
     def transcribe(self, audio: Any, params: WhisperParams | None = None, *, sample_rate: int | None = None,
-                   on_progress: Any = None) -> TranscriptionResult:
+                   on_progress: Any = None, word_timestamps: bool = False) -> TranscriptionResult:
         """Transcribes audio: a file path (WAV; FLAC, OGG, MP3... with ``soundfile``), the bytes of
         an audio file, or an array of samples at ``sample_rate`` Hz (default 16000), mono or
-        ``(n, channels)``. ``on_progress(percent)`` is called as whisper.cpp advances."""
+        ``(n, channels)``. ``on_progress(percent)`` is called as whisper.cpp advances;
+        ``word_timestamps`` gives each segment its ``words`` with times and probabilities."""
         params = WhisperParams() if params is None else params
         if not isinstance(params, WhisperParams):
             raise TypeError(f"params must be WhisperParams, got {type(params).__name__}")
@@ -435,6 +455,9 @@ class WhisperContext(NativeHandle):
             if lang == "auto" and not self.is_multilingual:
                 keep.append(ffi.new("char[]", b"en"))  # skip detection on English-only models
                 c.language = keep[-1]
+            if word_timestamps:
+                c.token_timestamps = True
+            self._words = bool(word_timestamps)
             self._cancel = False
             abort_cb = ffi.callback("bool(void *)", lambda _d: bool(self._cancel), onerror=lambda *a: False)
             c.abort_callback, c.abort_callback_user_data = abort_cb, ffi.NULL
@@ -474,12 +497,50 @@ class WhisperContext(NativeHandle):
             parts.append(raw)
             t0 = lib.whisper_full_get_segment_t0(ptr, i) / 100.0
             t1 = lib.whisper_full_get_segment_t1(ptr, i) / 100.0
-            segments.append(Segment(t0, t1, raw.strip(), float(lib.whisper_full_get_segment_no_speech_prob(ptr, i))))
+            seg = Segment(t0, t1, raw.strip(), float(lib.whisper_full_get_segment_no_speech_prob(ptr, i)))
+            self._tokens_of(ptr, i, seg)
+            segments.append(seg)
         if not self.is_multilingual:
             lang = "en"
         elif lang == "auto":
             lang = lang_str(int(lib.whisper_full_lang_id(ptr))) or "auto"
         return TranscriptionResult("".join(parts).strip(), segments, lang)
+
+    def _tokens_of(self, ptr: Any, i: int, seg: Segment) -> None:
+        """A segment's text tokens, their mean log-probability, and (word timestamps) its words:
+        a token starting with a space starts a word."""
+        lib = self._lib
+        eot = int(lib.whisper_token_eot(ptr))
+        words: list[Word] = []
+        plogs: list[float] = []
+        cur: list[Any] = []  # [text, start, end, probs]
+        for j in range(lib.whisper_full_n_tokens(ptr, i)):
+            d = lib.whisper_full_get_token_data(ptr, i, j)
+            if d.id >= eot:  # special and timestamp tokens
+                continue
+            seg.tokens.append(int(d.id))
+            plogs.append(float(d.plog))
+            if not self._words:
+                continue
+            t = lib.whisper_full_get_token_text(ptr, i, j)
+            piece = ffi.string(t).decode("utf-8", "replace") if t != ffi.NULL else ""
+            start, end = max(d.t0, 0) / 100.0, max(d.t1, 0) / 100.0
+            if cur and not piece.startswith(" "):
+                cur[0] += piece
+                cur[2] = max(cur[2], end)
+                cur[3].append(float(d.p))
+            else:
+                if cur and cur[0].strip():
+                    words.append(Word(cur[1], cur[2], cur[0].strip(), min(cur[3])))
+                cur = [piece, start, end, [float(d.p)]]
+        if cur and cur[0].strip():
+            words.append(Word(cur[1], cur[2], cur[0].strip(), min(cur[3])))
+        seg.avg_logprob = sum(plogs) / len(plogs) if plogs else 0.0
+        if self._words:
+            for w in words:  # inside the segment, in order
+                w.start = min(max(w.start, seg.start), seg.end)
+                w.end = min(max(w.end, w.start), seg.end)
+            seg.words = words
 
     def close(self) -> None:
         if self._ptr == ffi.NULL:
