@@ -407,3 +407,16 @@ def test_word_timestamps_tokens_and_logprobs(wctx: WhisperContext, jfk: Path) ->
     assert data["segments"][0]["words"][0]["word"] == r.segments[0].words[0].word
     plain = wctx.transcribe(jfk)
     assert plain.segments[0].words is None and plain.segments[0].tokens == r.segments[0].tokens
+
+
+def test_transcribe_iter_yields_segments_as_they_come(wctx: WhisperContext, jfk: Path,
+                                                      jfk_result: TranscriptionResult) -> None:
+    segs = list(wctx.transcribe_iter(jfk))
+    assert [(s.start, s.end, s.text) for s in segs] == [(s.start, s.end, s.text) for s in jfk_result.segments]
+    it = wctx.transcribe_iter(np.tile(read_wav(jfk), 6))
+    first = next(it)
+    assert first.text
+    it.close()  # leaving early cancels the rest; the context is free again
+    assert wctx.transcribe(jfk).text == jfk_result.text
+    with pytest.raises(ValueError, match="empty"):
+        next(wctx.transcribe_iter(np.zeros(0, dtype=np.float32)))

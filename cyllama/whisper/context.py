@@ -20,7 +20,7 @@ import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -424,11 +424,13 @@ class WhisperContext(NativeHandle):
         self._cancel = True
 
     def transcribe(self, audio: Any, params: WhisperParams | None = None, *, sample_rate: int | None = None,
-                   on_progress: Any = None, word_timestamps: bool = False) -> TranscriptionResult:
+                   on_progress: Any = None, word_timestamps: bool = False,
+                   on_segment: Any = None) -> TranscriptionResult:
         """Transcribes audio: a file path (WAV; FLAC, OGG, MP3... with ``soundfile``), the bytes of
         an audio file, or an array of samples at ``sample_rate`` Hz (default 16000), mono or
         ``(n, channels)``. ``on_progress(percent)`` is called as whisper.cpp advances;
-        ``word_timestamps`` gives each segment its ``words`` with times and probabilities."""
+        ``word_timestamps`` gives each segment its ``words`` with times and probabilities;
+        ``on_segment(segment)`` is called with each segment as whisper.cpp finishes it."""
         params = WhisperParams() if params is None else params
         if not isinstance(params, WhisperParams):
             raise TypeError(f"params must be WhisperParams, got {type(params).__name__}")
@@ -469,6 +471,15 @@ class WhisperContext(NativeHandle):
                                        progress, onerror=lambda *a: None)
                 c.progress_callback, c.progress_callback_user_data = prog_cb, ffi.NULL
                 keep.append(prog_cb)
+            if on_segment is not None:
+                def new_segments(_ctx: Any, _state: Any, n_new: int, _d: Any) -> None:
+                    n = self._lib.whisper_full_n_segments(ptr)
+                    for i in range(max(0, n - n_new), n):
+                        on_segment(self._segment(ptr, i))
+                seg_cb = ffi.callback("void(struct whisper_context *, struct whisper_state *, int, void *)",
+                                      new_segments, onerror=lambda *a: None)
+                c.new_segment_callback, c.new_segment_callback_user_data = seg_cb, ffi.NULL
+                keep.append(seg_cb)
             buf = ffi.from_buffer("float[]", samples)
             before = len(_logging.last_errors())
             rc = self._lib.whisper_full(ptr, c[0], buf, samples.size)
@@ -493,18 +504,57 @@ class WhisperContext(NativeHandle):
         segments, parts = [], []
         for i in range(lib.whisper_full_n_segments(ptr)):
             t = lib.whisper_full_get_segment_text(ptr, i)
-            raw = ffi.string(t).decode("utf-8", "replace") if t != ffi.NULL else ""
-            parts.append(raw)
-            t0 = lib.whisper_full_get_segment_t0(ptr, i) / 100.0
-            t1 = lib.whisper_full_get_segment_t1(ptr, i) / 100.0
-            seg = Segment(t0, t1, raw.strip(), float(lib.whisper_full_get_segment_no_speech_prob(ptr, i)))
-            self._tokens_of(ptr, i, seg)
-            segments.append(seg)
+            parts.append(ffi.string(t).decode("utf-8", "replace") if t != ffi.NULL else "")
+            segments.append(self._segment(ptr, i))
         if not self.is_multilingual:
             lang = "en"
         elif lang == "auto":
             lang = lang_str(int(lib.whisper_full_lang_id(ptr))) or "auto"
         return TranscriptionResult("".join(parts).strip(), segments, lang)
+
+    def _segment(self, ptr: Any, i: int) -> Segment:
+        lib = self._lib
+        t = lib.whisper_full_get_segment_text(ptr, i)
+        raw = ffi.string(t).decode("utf-8", "replace") if t != ffi.NULL else ""
+        t0 = lib.whisper_full_get_segment_t0(ptr, i) / 100.0
+        t1 = lib.whisper_full_get_segment_t1(ptr, i) / 100.0
+        seg = Segment(t0, t1, raw.strip(), float(lib.whisper_full_get_segment_no_speech_prob(ptr, i)))
+        self._tokens_of(ptr, i, seg)
+        return seg
+
+    def transcribe_iter(self, audio: Any, params: WhisperParams | None = None, *, sample_rate: int | None = None,
+                        word_timestamps: bool = False) -> Iterator[Segment]:
+        """Yields segments as whisper.cpp produces them (a transcription runs in the background;
+        leaving the loop early cancels it). Errors are raised from the loop."""
+        import queue
+
+        q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        done = object()
+
+        def run() -> None:
+            try:
+                self.transcribe(audio, params, sample_rate=sample_rate, word_timestamps=word_timestamps,
+                                on_segment=q.put)
+                q.put(done)
+            except BaseException as exc:  # handed to the consumer
+                q.put(exc)
+
+        samples = _as_samples(audio, sample_rate)  # bad input raises here, before the thread
+        audio, sample_rate = samples, None
+        th = threading.Thread(target=run, name="cyllama-whisper", daemon=True)
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if th.is_alive():
+                self.cancel()
+                th.join()
 
     def _tokens_of(self, ptr: Any, i: int, seg: Segment) -> None:
         """A segment's text tokens, their mean log-probability, and (word timestamps) its words:
