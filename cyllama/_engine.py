@@ -341,7 +341,7 @@ class Engine:
         slot.req = req
         slot.prompt_pos = shared
         slot.feed = None
-        history = req.tokens if req.media is None else [t for k, v in req.media if k == 0 for t in v]
+        history = req.tokens if req.media is None else req.media.text_tokens()
         slot.gen = Generation.from_config(self.vocab, req.config, history, self.n_ctx_slot, req.grammar)
         slot.gen.cached_tokens = shared
         slot.drafter = self._drafter_for(req.config, slot) if req.media is None else None

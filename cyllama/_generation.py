@@ -32,7 +32,7 @@ import numpy as np
 
 from . import _logging
 from ._ffi import ffi
-from ._grammar_gate import GrammarGate, GrammarSpec, preserved_tokens
+from ._grammar_gate import GatedSampler, GrammarGate, GrammarSpec, preserved_tokens
 from .llama._backend import lib
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext
@@ -175,20 +175,20 @@ def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, dict[int
     return lp, {int(i): float(logits[i]) - lse for i in idx}
 
 
-def sample_token(ctx: LlamaContext, sampler: LlamaSampler, idx: int, ids: np.ndarray | None,
+def sample_token(ctx: LlamaContext, sampler: LlamaSampler | GatedSampler, idx: int, ids: np.ndarray | None,
                  logprobs: int | None, logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None,
-                 gate: GrammarGate | None = None) -> tuple[int, tuple[float, dict[int, float] | None] | None]:
+                 ) -> tuple[int, tuple[float, dict[int, float] | None] | None]:
     """Samples at batch index ``idx`` after running a Python logits processor on the logits (it sees
     the token ids ``ids``), and with ``logprobs`` (top-n count) also returns the token's log-probability
-    (of the distribution the sampler chain starts from). ``gate``: a grammar checked after the chain."""
+    (of the distribution the sampler chain starts from)."""
     if logprobs is None and logits_processor is None:
-        return (sampler.sample(ctx, idx) if gate is None else gate.sample(ctx, idx, sampler)), None
+        return sampler.sample(ctx, idx), None
     logits = ctx.get_logits_ith(idx)
     if logits_processor is not None:
         out = logits_processor(ids, logits)
         if out is not None and out is not logits:
             logits[:] = out
-    tok = sampler.sample(ctx, idx) if gate is None else gate.sample(ctx, idx, sampler)
+    tok = sampler.sample(ctx, idx)
     return tok, (_logprobs(logits, tok, logprobs) if logprobs is not None else None)
 
 
@@ -223,17 +223,18 @@ class Generation:
     :class:`~cyllama.GenerationStats`.
     """
 
-    __slots__ = ("vocab", "sampler", "gate", "owns_sampler", "text", "max_tokens", "ignore_eos", "n_top", "processor",
+    __slots__ = ("vocab", "sampler", "owns_sampler", "text", "max_tokens", "ignore_eos", "n_top", "processor",
                  "_ids", "n_ctx", "prompt_tokens", "cached_tokens", "completion_tokens", "finish_reason",
                  "t_start", "t_prompt_done", "t_first", "t_end", "_vptr", "draft_tokens", "accepted_tokens")
 
-    def __init__(self, vocab: LlamaVocab, sampler: LlamaSampler, prompt: Sequence[int], max_tokens: int, n_ctx: int,
+    def __init__(self, vocab: LlamaVocab, sampler: LlamaSampler | GatedSampler, prompt: Sequence[int], max_tokens: int,
+                 n_ctx: int,
                  *, stop: Sequence[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
                  logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None = None,
-                 owns_sampler: bool = False, gate: GrammarGate | None = None, preserve: Sequence[int] = ()):
+                 owns_sampler: bool = False, preserve: Sequence[int] = ()):
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
-        self.vocab, self.sampler, self.owns_sampler, self.gate = vocab, sampler, owns_sampler, gate
+        self.vocab, self.sampler, self.owns_sampler = vocab, sampler, owns_sampler
         self._vptr = vocab.ptr
         self.text = TextStream(vocab, stop, preserve=preserve)
         self.max_tokens, self.n_ctx = max_tokens, n_ctx
@@ -254,12 +255,14 @@ class Generation:
         from ._config import build_sampler
 
         gate = GrammarGate(vocab, grammar) if grammar else None
-        sampler = None
+        sampler: LlamaSampler | GatedSampler | None = None
         try:
             sampler = build_sampler(cfg, vocab, None, history=prompt, n_ctx=n_ctx)
+            if gate is not None:
+                sampler, gate = GatedSampler(sampler, gate), None
             return cls(vocab, sampler, prompt, cfg.max_tokens, n_ctx, stop=cfg.stop_sequences,
                        ignore_eos=cfg.ignore_eos, logprobs=cfg.top_logprobs if cfg.logprobs else None,
-                       logits_processor=cfg.logits_processor, owns_sampler=True, gate=gate,
+                       logits_processor=cfg.logits_processor, owns_sampler=True,
                        preserve=preserved_tokens(grammar))
         except BaseException:
             if sampler is not None:
@@ -277,11 +280,9 @@ class Generation:
 
     def step(self, ctx: LlamaContext, idx: int, n_past: int) -> GenerationChunk:
         ids = self._ids.view() if self._ids is not None else None
-        tok, info = sample_token(ctx, self.sampler, idx, ids, self.n_top, self.processor, self.gate)
+        tok, info = sample_token(ctx, self.sampler, idx, ids, self.n_top, self.processor)
         if not self.ignore_eos and lib.llama_vocab_is_eog(self._vptr, tok):
             return self.finish("stop")
-        if self.gate is not None and not self.gate.active:
-            self.gate.accepted(tok)
         if not self.completion_tokens:
             self.t_first = time.perf_counter()
         self.completion_tokens.append(tok)
@@ -310,8 +311,6 @@ class Generation:
     def close(self) -> None:
         if self.owns_sampler:
             self.sampler.close()
-        if self.gate is not None:
-            self.gate.close()
 
     def stats(self) -> "GenerationStats":
         from ._config import GenerationStats

@@ -239,6 +239,7 @@ class GatedSampler:
         return tok
 
     def accept(self, token: int) -> None:
+        token = self.gate.vocab.check_token(token)  # the grammar indexes the vocabulary with it
         if self.gate.active:
             if not self.gate.allows(token):
                 raise ValueError(f"token {token} is not allowed by the grammar at this point")

@@ -270,7 +270,7 @@ class LLM:
             ctx = self._context_for(cfg, n_prompt)
             if n_prompt >= ctx.n_ctx:
                 raise ValueError(f"the prompt has {n_prompt} tokens but the context holds {ctx.n_ctx}")
-            history = tokens if media is None else [t for k, v in media if k == 0 for t in v]
+            history = tokens if media is None else media.text_tokens()
             g = Generation.from_config(self.vocab, cfg, history, ctx.n_ctx, grammar)
             g.prompt_tokens = n_prompt  # media embeddings count as prompt tokens, as in llama-server
             self._cancel.reset()

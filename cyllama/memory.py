@@ -142,7 +142,7 @@ def _cells(n: int) -> int:
     return -(-n // _KV_PAD) * _KV_PAD
 
 
-def _estimate(shape: _Shape, n_ctx: int, n_batch: int, n_ubatch: int, n_gpu_layers: int,
+def _estimate(shape: _Shape, n_ctx: int, n_ubatch: int, n_gpu_layers: int,
               type_k: str, type_v: str) -> MemoryEstimate:
     cells = _cells(n_ctx)
     swa_cells = min(cells, _cells(shape.n_swa + n_ubatch)) if shape.n_swa else cells
@@ -181,7 +181,7 @@ def estimate_memory_usage(model_path: str | os.PathLike, n_ctx: int = 2048, n_ba
         if t not in _TYPE_BYTES:
             raise ValueError(f"{name} must be one of {sorted(_TYPE_BYTES)}, got {t!r}")
     shape = _read(model_path)
-    return _estimate(shape, n_ctx, n_batch, min(n_ubatch or n_batch, n_batch), n_gpu_layers, type_k, type_v)
+    return _estimate(shape, n_ctx, min(n_ubatch or n_batch, n_batch), n_gpu_layers, type_k, type_v)
 
 
 def estimate_gpu_layers(model_path: str | os.PathLike, available_vram_mb: float, n_ctx: int = 2048,
@@ -196,9 +196,9 @@ def estimate_gpu_layers(model_path: str | os.PathLike, available_vram_mb: float,
     shape = _read(model_path)
     ub = min(n_ubatch or n_batch, n_batch)
     budget = int(available_vram_mb * 1_000_000)
-    best = _estimate(shape, n_ctx, n_batch, ub, 0, type_k, type_v)
+    best = _estimate(shape, n_ctx, ub, 0, type_k, type_v)
     for ngl in range(1, shape.n_layer + 2):
-        est = _estimate(shape, n_ctx, n_batch, ub, ngl, type_k, type_v)
+        est = _estimate(shape, n_ctx, ub, ngl, type_k, type_v)
         if est.vram > budget:
             break
         best = est

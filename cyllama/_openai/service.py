@@ -302,9 +302,7 @@ class OpenAIService:
         return self._tool_format
 
     def _special_token(self, text: str) -> int | None:
-        """The token id of ``text`` when the vocabulary has it as one special token."""
-        toks = self.vocab.tokenize(text, add_special=False, parse_special=True)
-        return toks[0] if len(toks) == 1 else None
+        return _formats.single_token(self.vocab, text)
 
     def piece(self, token: int) -> str:
         return self.vocab.token_to_bytes(token, special=False).decode("utf-8", "replace")

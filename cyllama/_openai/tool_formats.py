@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from .._grammar_gate import Grammar
 from ..grammar import json_schema_to_grammar
 
-__all__ = ["ToolFormat", "tool_format_for", "ToolCallStream", "FORMATS"]
+__all__ = ["ToolFormat", "tool_format_for", "single_token", "ToolCallStream", "FORMATS"]
 
 _WS = re.compile(r"\s*")
 _NAME_CHARS = set(string.ascii_letters + string.digits + "_-.")
@@ -96,7 +96,6 @@ def _scan_value(s: str, i: int, final: bool) -> int | None:
 class _Call:
     name: str | None = None
     args: tuple[int, int | None] | None = None  # where the arguments' JSON text is (end None: arriving)
-    id: str | None = None
     done: bool = False
 
 
@@ -154,8 +153,6 @@ def _call_object(s: str, i: int, final: bool, call: _Call, names: Sequence[str])
             if value not in names:
                 raise _Bad(f"{value!r} is not one of the tools")
             call.name = value
-        elif key == "id" and s[i] == '"':
-            call.id = json.loads(s[i:end])
         i = end
 
 
@@ -284,8 +281,6 @@ class ToolFormat:
     def template_call_id(self, call_id: str) -> str:
         """The id as the template may see it (Mistral's want nine letters and digits)."""
         return call_id
-
-    arguments_as_text = False  # the template concatenates arguments (a JSON string), not tojson
 
 
 def _parse_tagged(s: str, i: int, final: bool, names: Sequence[str], open_: str, close: str,
@@ -544,8 +539,6 @@ class FunctionaryV31Format(ToolFormat):
 
 
 class FunctionaryV32Format(ToolFormat):
-    arguments_as_text = True
-
     def __init__(self, special: dict[str, int]):
         super().__init__("functionary-v3.2", markers=(">>>",), openers=())
 
@@ -602,6 +595,12 @@ class FunctionaryV32Format(ToolFormat):
 
 
 FORMATS = ("hermes", "llama3", "mistral", "functionary-v3.1", "functionary-v3.2", "generic")
+
+
+def single_token(vocab: Any, text: str) -> int | None:
+    """The token id of ``text`` when ``vocab`` has it as one token (a tool-call marker), else None."""
+    toks = vocab.tokenize(text, add_special=False, parse_special=True)
+    return int(toks[0]) if len(toks) == 1 else None
 
 
 def tool_format_for(template_source: str | None, token_of: Any = None) -> ToolFormat:

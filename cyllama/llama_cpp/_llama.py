@@ -23,6 +23,7 @@ import numpy.typing as npt
 from .. import _logging
 from .._config import GenerationConfig, build_sampler
 from .._grammar_gate import GatedSampler, Grammar, GrammarGate
+from .._openai.tool_formats import single_token
 from .._errors import ModelLoadError
 from .._ffi import ffi
 from .._generation import reuse_prefix, sample_token
@@ -528,9 +529,7 @@ class Llama(CompletionMixin):
         return GenerationConfig(**fields)
 
     def _special_token(self, text: str) -> Optional[int]:
-        """The token id of ``text`` when the vocabulary has it as one token (tool-call markers)."""
-        toks = self._vocab.tokenize(text, add_special=False, parse_special=True)
-        return toks[0] if len(toks) == 1 else None
+        return single_token(self._vocab, text)
 
     def _build_sampler(self, cfg: GenerationConfig, grammar: Any = None) -> Any:
         """The sampler chain for ``cfg``; with a grammar, checked after the chain picks (as llama-server)."""

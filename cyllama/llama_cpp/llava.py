@@ -89,7 +89,7 @@ class MTMDChatHandler:
         seed_v = seed if seed is not None else (llama._seed if llama._seed != -1 else -1)
         cfg = cfg.replace(max_tokens=min(max_tokens, limit) if max_tokens and max_tokens > 0 else limit,
                           stop_sequences=stops, seed=int(seed_v) & 0xFFFFFFFF if seed_v != -1 else -1)
-        history = [t for k, v in chunks if k == 0 for t in v]
+        history = chunks.text_tokens()
         gen = Generation.from_config(llama._vocab, cfg, history, n_ctx)
         gen.prompt_tokens = chunks.n_tokens
         llama.reset()  # the drop-in's own token cache does not describe media: start afresh

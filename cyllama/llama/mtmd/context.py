@@ -243,6 +243,10 @@ class MtmdChunks(NativeHandle):
                 cid = mt.mtmd_input_chunk_get_id(c)
                 yield kind, ffi.string(cid).decode() if cid != ffi.NULL else ""
 
+    def text_tokens(self) -> list[int]:
+        """The tokens of the text chunks, in order (what penalties see of the prompt)."""
+        return [t for kind, value in self if kind == CHUNK_TEXT for t in value]
+
     def n_tokens_of(self, i: int) -> int:
         return int(_lib().mtmd_input_chunk_get_n_tokens(self._chunk(i)))
 
