@@ -18,8 +18,12 @@ $(STAMP): Makefile
 
 venv: $(STAMP)
 
+# the project installed editable, so `import cyllama` and the `cyllama` command work from any folder
+EDITABLE := $(VENV)/.editable-installed
+
 build: $(STAMP)
 	$(PY) build_lib.py
+	test -f $(EDITABLE) || { $(PY) -m pip install -q --no-deps -e . && touch $(EDITABLE); }
 
 run: build
 	$(PY) -m cyllama generate --stream
@@ -31,6 +35,7 @@ test: build
 	$(PY) -m pytest -q tests --benchmark-disable
 
 bench: build
+	$(PY) benchmarks/bench_import.py
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_generate.py
 	$(PY) benchmarks/bench_batch.py

@@ -18,7 +18,7 @@ the same inputs only copies files.
 Usage::
 
     python build_lib.py [--backend auto|cpu|cuda|metal|vulkan] [--portable] [--clean]
-                        [--llama-src PATH] [--whisper-src PATH] [--no-whisper] [--jobs N]
+                        [--llama-src PATH] [--whisper-src PATH] [--no-whisper] [--jobs N] [--verbose]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -68,20 +69,85 @@ def log(msg: str) -> None:
     print(f"[build_lib] {msg}", flush=True)
 
 
+class BuildLog:
+    """Where the tools' output goes: a log file in the cache, not the terminal.
+
+    The terminal gets one line per stage (updated in place on a terminal, a few progress lines
+    otherwise); the full CMake and compiler output is in the file, whose tail is printed when a
+    step fails. ``--verbose`` (or ``CYLLAMA_BUILD_VERBOSE=1``) streams everything instead.
+    """
+
+    path: Path | None = None
+    verbose = False
+
+    @classmethod
+    def open(cls, path: Path, verbose: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        cls.path, cls.verbose = path, verbose
+
+    @classmethod
+    def write(cls, text: str) -> None:
+        if cls.path is not None:
+            with open(cls.path, "a", errors="replace") as f:
+                f.write(text)
+
+    @classmethod
+    def tail(cls, n: int = 40) -> str:
+        if cls.path is None or not cls.path.exists():
+            return ""
+        return "".join(cls.path.read_text(errors="replace").splitlines(keepends=True)[-n:])
+
+
 class Stage:
-    """Prints a stage's name on entry and its duration on exit."""
+    """One line per stage: its name, its progress while it runs, and its duration."""
+
+    current: "Stage | None" = None
 
     def __init__(self, name: str):
         self.name = name
+        self.percent = -1
+        self.shown = 0
 
     def __enter__(self) -> "Stage":
         self.t0 = time.perf_counter()
-        log(f"{self.name} ...")
+        Stage.current = self
+        if _TTY and not BuildLog.verbose:
+            _status(f"{self.name} ...")
+        else:
+            log(f"{self.name} ...")
         return self
 
+    def progress(self, percent: int) -> None:
+        """A build step's percentage (from CMake's ``[ 45%]`` lines)."""
+        if percent <= self.percent:
+            return
+        self.percent = percent
+        elapsed = time.perf_counter() - self.t0
+        if _TTY and not BuildLog.verbose:
+            _status(f"{self.name} {percent:3d}% ({elapsed:.0f}s)")
+        elif percent // 25 > self.shown // 25:  # a log, not a terminal: a line every quarter
+            self.shown = percent
+            log(f"{self.name} {percent}% ({elapsed:.0f}s)")
+
     def __exit__(self, exc_type, exc, tb) -> None:
+        Stage.current = None
         dt = time.perf_counter() - self.t0
+        if _TTY and not BuildLog.verbose:
+            _status("")
         log(f"{self.name}: {'failed' if exc_type else 'done'} in {dt:.1f}s")
+
+
+_TTY = sys.stdout.isatty()
+_PERCENT = re.compile(r"^\[\s*(\d+)%\]")
+
+
+def _status(text: str) -> None:
+    """Rewrites the current terminal line."""
+    width = shutil.get_terminal_size((100, 20)).columns - 1
+    line = f"[build_lib] {text}" if text else ""
+    sys.stdout.write("\r" + line[:width].ljust(width) + ("\r" if not text else ""))
+    sys.stdout.flush()
 
 
 def cache_dir() -> Path:
@@ -97,8 +163,27 @@ def sha256_file(path: Path) -> str:
 
 
 def run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> None:
-    log("$ " + " ".join(cmd))
-    subprocess.run(cmd, cwd=cwd, env=env, check=True)
+    """Runs a build tool with its output in the build log; its tail is shown if it fails."""
+    line = "$ " + " ".join(cmd)
+    BuildLog.write(line + "\n")
+    if BuildLog.verbose or BuildLog.path is None:
+        log(line)
+        subprocess.run(cmd, cwd=cwd, env=env, check=True)
+        return
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", bufsize=1)
+    assert proc.stdout is not None
+    with open(BuildLog.path, "a", errors="replace") as f:
+        for out in proc.stdout:
+            f.write(out)
+            m = _PERCENT.match(out)
+            if m and Stage.current is not None:
+                Stage.current.progress(int(m.group(1)))
+    if proc.wait() != 0:
+        sys.stdout.write(f"\n{BuildLog.tail()}\n")
+        log(f"failed ({proc.returncode}): {line}")
+        log(f"the full build log is {BuildLog.path}")
+        raise SystemExit(proc.returncode)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -297,11 +382,50 @@ def collect(stage: Path, out: Path, srcs: dict[str, Path]) -> None:
             shutil.copy2(base / rel, inc_out / Path(rel).name)
 
 
+def library_names(lib: Path) -> dict[str, str]:
+    """Each shared library's loadable name, its soname: ``{"llama": "libllama.so.0", ...}``.
+
+    CMake makes a chain per library (``libllama.so -> libllama.so.0 -> libllama.so.0.5.0``); the
+    middle name is the one the other libraries and the tools ask the loader for.
+    """
+    names = {}
+    for link in lib.iterdir():
+        if link.is_symlink() and link.name.endswith((".so", ".dylib")):
+            stem = link.name[3:].rsplit(".", 1)[0] if link.name.startswith("lib") else link.name
+            names[stem] = Path(os.readlink(link)).name
+    return names
+
+
+def shipped_files(lib: Path) -> set[str]:
+    """What a wheel needs of ``lib``: one file per library (its soname), the tools, the build info.
+
+    Wheels cannot hold symlinks, so each link of a chain would become a full copy.
+    """
+    names = library_names(lib)
+    real_behind = {Path(os.path.realpath(lib / soname)).name for soname in names.values()}
+    keep = set(names.values())
+    for p in lib.iterdir():
+        if not p.is_symlink() and p.name not in real_behind:
+            keep.add(p.name)
+    return keep
+
+
 def install_into_package(out: Path, info: dict) -> None:
     for dest, src in ((PACKAGE_LIB, out / "lib"), (PACKAGE_INCLUDE, out / "include")):
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(src, dest, symlinks=True)
+    info = {**info, "libraries": library_names(PACKAGE_LIB)}
     (PACKAGE_LIB / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def generate_bindings() -> None:
+    """cffi's out-of-line module, so ``import cyllama`` does not parse the declarations each time."""
+    import importlib.util
+
+    if importlib.util.find_spec("cffi") is None:  # build_lib.py itself runs without it
+        log("cffi is not installed here: cyllama will generate its bindings module on first import")
+        return
+    subprocess.run([sys.executable, str(ROOT / "cyllama" / "_ffi" / "_generate.py")], check=True)
 
 
 def default_jobs() -> int:
@@ -323,10 +447,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-src", type=Path, help="build llama.cpp from this checkout")
     ap.add_argument("--whisper-src", type=Path, help="build whisper.cpp from this checkout")
     ap.add_argument("--no-whisper", action="store_true", help="skip whisper.cpp")
+    ap.add_argument("--verbose", "-v", action="store_true",
+                    default=os.environ.get("CYLLAMA_BUILD_VERBOSE", "") not in ("", "0"),
+                    help="show CMake's and the compiler's output instead of writing it to the build log")
     ap.add_argument("--jobs", "-j", type=int, default=int(os.environ.get("CYLLAMA_BUILD_JOBS", 0)) or default_jobs())
     args = ap.parse_args(argv)
 
     t0 = time.perf_counter()
+    with Stage("generate the cffi bindings module"):
+        generate_bindings()
     backend = resolve_backend(args.backend)
     log(f"backend: {backend} (requested {args.backend}), portable: {args.portable}, jobs: {args.jobs}")
 
@@ -358,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     installed = PACKAGE_LIB / "build-info.json"
-    if installed.exists() and json.loads(installed.read_text()).get("key") == key and (out / ".complete").exists():
+    current = json.loads(installed.read_text()) if installed.exists() else {}
+    if current.get("key") == key and "libraries" in current and (out / ".complete").exists():
         log(f"up to date (key {key}); nothing to do")
         return 0
     if (out / ".complete").exists():
@@ -367,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"total {time.perf_counter() - t0:.1f}s")
         return 0
 
+    BuildLog.open(cache_dir() / "logs" / f"build-{key}.log", args.verbose)
+    log(f"building {key}; the full log is {BuildLog.path}")
     with Stage("fetch and unpack sources"):
         llama_src = args.llama_src.resolve() if args.llama_src else unpack(llama_pin)
         whisper_src = None

@@ -13,7 +13,6 @@ from ._batch import BatchGenerator, BatchRequest, BatchResponse, batch_generate
 from ._engine import Engine, EngineRequest, QueueFullError
 from .grammar import json_schema_to_grammar
 from .memory import MemoryEstimate, estimate_gpu_layers, estimate_memory_usage
-from .download import download_model, list_cached_models
 from .llama import (
     GGUFContext,
     LlamaBatch,
@@ -47,9 +46,11 @@ __all__ = [
     "CyllamaError", "ModelLoadError", "DecodeError", "ClosedError", "LibraryNotFoundError",
 ]
 
-# Loaded on first use: they pull in Jinja2 templates and the llama-cpp-python compatibility layer.
+# Loaded on first use: they pull in Jinja2 templates, the llama-cpp-python compatibility layer and
+# the download client, none of which most programs need at import time.
 _LAZY = {"Llama": ".llama_cpp", "LlamaGrammar": ".llama_cpp", "ChatTemplate": ".chat_template",
-         "OpenAICompatibleClient": ".integrations.openai_compat"}
+         "OpenAICompatibleClient": ".integrations.openai_compat",
+         "download_model": ".download", "list_cached_models": ".download"}
 
 
 def __getattr__(name: str):

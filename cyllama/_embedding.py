@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
+from ._lazy_numpy import np
 
 from .llama.batch import LlamaBatch
 from .llama.context import LlamaContext, LlamaContextParams

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-import numpy as np
+from ._lazy_numpy import np
 
 from . import _logging
 from ._ffi import ffi

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence, Union
 
-import numpy as np
+from ._lazy_numpy import np
 
 from ._ffi import ffi
 from .llama._backend import lib

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import numpy as np
+from ._lazy_numpy import np
 
 from ._config import GenerationConfig, GenerationStats, model_sampling_defaults
 from ._embedding import Embedder, model_pooling

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
-import numpy as np
+from ._lazy_numpy import np
 
 from ._generation import eval_prompt
 from ._ngram import NGRAM_MAX, NgramCache, draft_tokens

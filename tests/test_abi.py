@@ -15,7 +15,8 @@ from pathlib import Path
 import cffi
 import pytest
 
-from cyllama._ffi import _CDEF_DIR, _CDEF_FILES, ffi, lib_dir, load_llama, load_mtmd, load_whisper
+from cyllama._ffi import ffi, lib_dir, load_llama, load_mtmd, load_whisper
+from cyllama._ffi._generate import CDEF_DIR as _CDEF_DIR, CDEF_FILES as _CDEF_FILES
 
 INCLUDE = lib_dir().parent / "include"
 HEADERS = ["ggml.h", "ggml-cpu.h", "ggml-backend.h", "ggml-opt.h", "gguf.h", "llama.h", "mtmd.h",
@@ -46,7 +47,7 @@ def _complete_structs() -> list[str]:
         if kind in ("struct", "union") and not name.startswith("$"):
             try:
                 ffi.sizeof(f"{kind} {name}")
-            except ValueError:  # opaque (incomplete) type
+            except (ValueError, ffi.error):  # opaque (incomplete) type
                 continue  # opaque
             names.append(f"{kind} {name}")
     return names

@@ -16,16 +16,33 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import cffi
-
 __all__ = ["ffi", "lib_dir", "load_llama", "load_mtmd", "load_whisper", "build_info", "LibraryNotFoundError"]
 
-_CDEF_DIR = Path(__file__).with_name("cdefs")
-_CDEF_FILES = ("ggml.h", "gguf.h", "llama.h", "mtmd.h", "whisper.h")
 
-ffi = cffi.FFI()
-for _name in _CDEF_FILES:
-    ffi.cdef((_CDEF_DIR / _name).read_text())
+def _make_ffi() -> Any:
+    """The declarations, from the module generated at build time when it is current.
+
+    A missing or stale module (declarations edited, unreadable) is regenerated here when the
+    package folder is writable; otherwise the declarations are parsed on every import (slower).
+    """
+    from . import _generate
+
+    try:
+        from . import _bindings
+
+        if getattr(_bindings, "CDEFS_DIGEST", None) == _generate.cdefs_digest():
+            return _bindings.ffi
+    except Exception:  # missing, or written by a cffi this one cannot read
+        pass
+    parsed = _generate.parse()
+    try:
+        _generate.write(parsed)
+    except OSError:
+        pass
+    return parsed
+
+
+ffi = _make_ffi()
 
 
 class LibraryNotFoundError(ImportError):
@@ -39,6 +56,10 @@ def lib_dir() -> Path:
 
 
 def _libname(stem: str) -> str:
+    # the name the build recorded (the soname: wheels hold one file per library, not its symlinks)
+    recorded = build_info().get("libraries", {}).get(stem)
+    if recorded:
+        return recorded
     if sys.platform == "darwin":
         return f"lib{stem}.dylib"
     if sys.platform == "win32":

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-import numpy as np
+from .._lazy_numpy import np
 
 from .._config import GenerationConfig
 from .._generation import GenerationChunk

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import numpy as np
+from .._lazy_numpy import np
 
 from .._errors import ClosedError
 from .._ffi import ffi

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
+from .._lazy_numpy import np
 
 from .. import _logging
 from .._errors import CyllamaError, DecodeError, check_path

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
+from .._lazy_numpy import np
 
 from .._errors import CyllamaError, check_path
 from .._ffi import ffi
@@ -22,8 +22,8 @@ __all__ = ["GGUFContext", "GGUF_TYPES"]
 
 GGUF_TYPES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32",
               7: "bool", 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
-_NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
-          7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
+_NUMPY = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32",
+          7: "bool", 10: "uint64", 11: "int64", 12: "float64"}
 _SCALAR = {  # suffix -> (gguf type, python check)
     "u8": (0, int), "i8": (1, int), "u16": (2, int), "i16": (3, int), "u32": (4, int), "i32": (5, int),
     "f32": (6, float), "bool": (7, bool), "str": (8, str), "u64": (10, int), "i64": (11, int), "f64": (12, float),

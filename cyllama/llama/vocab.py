@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-import numpy as np
+from .._lazy_numpy import np
 
 from .._ffi import ffi
 from ._backend import lib

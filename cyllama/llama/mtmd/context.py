@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import numpy as np
+from ..._lazy_numpy import np
 
 from ... import _logging
 from ..._errors import ModelLoadError
