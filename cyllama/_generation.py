@@ -106,10 +106,13 @@ def reuse_prefix(ctx: LlamaContext, cache: list[int], prompt: Sequence[int], seq
 
 def eval_prompt(ctx: LlamaContext, tokens: Sequence[int], pos0: int = 0, seq_id: int = 0,
                 cache: list[int] | None = None, cancel: CancelToken | None = None) -> int:
-    """Decodes ``tokens`` from position ``pos0`` in chunks of n_batch, keeping the last token's logits.
+    """Decodes ``tokens`` from position ``pos0``, keeping the last token's logits.
 
-    Returns the next position. With ``cancel`` the evaluation can be aborted between graph nodes;
-    it then returns -1 and the sequence holds only the chunks that completed (listed in ``cache``).
+    Returns the next position. With ``cancel`` the prompt goes in ``n_ubatch`` chunks (the size
+    llama.cpp splits a batch into anyway) and cancellation is checked between them, rather than
+    through an abort callback, which ggml would call, taking the GIL, after every graph node. A
+    cancelled evaluation returns -1 and the sequence holds only the chunks that completed (listed
+    in ``cache``).
     """
     n = len(tokens)
     if n == 0:
@@ -117,31 +120,23 @@ def eval_prompt(ctx: LlamaContext, tokens: Sequence[int], pos0: int = 0, seq_id:
     if pos0 + n > ctx.n_ctx:
         raise ValueError(f"the prompt ({n} tokens{f' after {pos0} cached' if pos0 else ''}) does not fit "
                          f"the context of {ctx.n_ctx} tokens")
-    step = ctx.n_batch
+    step = ctx.n_batch if cancel is None else min(ctx.n_batch, ctx.n_ubatch)
     batch = LlamaBatch(min(step, n), 0, seq_id + 1)  # its check takes n_seq_max as the id bound
-    if cancel is not None:
-        ctx.set_abort_callback(lambda: cancel.cancelled)
     try:
         for start in range(0, n, step):
+            if cancel is not None and cancel.cancelled:
+                return -1
             chunk = tokens[start:start + step]
             batch.clear()
             batch.add_sequence(chunk, pos0 + start, seq_id, logits_last=start + step >= n)
             try:
-                if cancel is not None:
-                    with _logging.quiet_errors():  # an abort the user asked for is not an error
-                        ctx.decode(batch)
-                else:
-                    ctx.decode(batch)
+                ctx.decode(batch)
             except BaseException:
                 ctx.kv_cache_seq_rm(seq_id, pos0 + start, -1)
-                if cancel is not None and cancel.cancelled:
-                    return -1
                 raise
             if cache is not None:
                 cache.extend(chunk)
     finally:
-        if cancel is not None:
-            ctx.set_abort_callback(None)
         batch.close()
     return pos0 + n
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -66,4 +65,4 @@ def write(ffi=None, path: Path = MODULE) -> Path:
 
 
 if __name__ == "__main__":
-    print(f"wrote {write()}", file=sys.stderr)
+    write()
