@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn python-multipart httpx openai langchain-core langchain-openai langchain-tests==1.1.9 tqdm gguf cymongoose soundfile soxr
+DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn python-multipart httpx openai langchain-core langchain-openai langchain-tests==1.1.9 tqdm gguf cymongoose soundfile soxr scipy huggingface_hub
 
 .PHONY: venv build run test bench info clean
 

@@ -12,8 +12,10 @@ Change ``from llama_cpp import Llama`` to ``from cyllama.llama_cpp import Llama`
 
 Return values are the dicts llama-cpp-python returns (OpenAI shapes). Differences:
 
-* the ctypes functions of ``llama_cpp.llama_cpp`` are not mirrored (its LLAMA_*/GGML_*
-  constants are); ``Llama.ctx`` / ``Llama.model`` are cffi pointers for ``cyllama.llama._backend.lib``;
+* the ctypes functions, structs and pointer types of ``llama_cpp.llama_cpp`` are not mirrored (its
+  LLAMA_*/GGML_* constants, ``llama_model_default_params()``, ``llama_context_default_params()``
+  and ``llama_supports_*`` are; ``llama_cpp._internals`` wraps cyllama's core classes);
+  ``Llama.ctx`` / ``Llama.model`` are cffi pointers for ``cyllama.llama._backend.lib``;
 * more is accepted: ``logprobs`` without ``logits_all=True``, ``echo`` while streaming,
   ``response_format`` of type ``json_schema``; bad arguments raise at the call (also with
   ``stream=True``) with ``ValueError``/``TypeError``;
@@ -23,21 +25,26 @@ Return values are the dicts llama-cpp-python returns (OpenAI shapes). Difference
   ``.npz`` files (no ``diskcache`` package, no pickle).
 """
 
+from .._logging import set_verbose
 from .._version import __version__ as __cyllama_version__
-from . import llama_cache, llama_chat_format, llama_cpp, llama_grammar, llama_speculative, llama_tokenizer, llama_types
+from . import _internals, llama_cache, llama_chat_format, llama_cpp, llama_grammar, llama_speculative, llama_tokenizer
+from . import llama_types
 from ._common import (LlamaState, LogitsProcessor, LogitsProcessorList, MinTokensLogitsProcessor, StoppingCriteria,
-                      StoppingCriteriaList)
+                      StoppingCriteriaList, suppress_stdout_stderr)
 from ._llama import Llama, LlamaLoadError
 from .llama_cache import BaseLlamaCache, LlamaCache, LlamaDiskCache, LlamaRAMCache
 from .llama_chat_format import ChatFormatterResponse, Jinja2ChatFormatter
-from .llama_cpp import *  # noqa: F401,F403 - the LLAMA_* / GGML_* constants
+from .llama_cpp import *  # noqa: F401,F403 - the LLAMA_* / GGML_* constants and parameter defaults
 from .llama_cpp import __all__ as _constants
-from .llama_grammar import LlamaGrammar
+from .llama_grammar import (ARITHMETIC_GBNF, C_GBNF, CHESS_GBNF, JAPANESE_GBNF, JSON_ARR_GBNF, JSON_GBNF,
+                            LIST_GBNF, LlamaGrammar)
 from .llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
 from .llama_tokenizer import BaseLlamaTokenizer, LlamaHFTokenizer, LlamaTokenizer
-from .llama_types import (ChatCompletionRequestMessage, ChatCompletionTool, ChatCompletionToolChoiceOption,
-                          CreateChatCompletionResponse, CreateChatCompletionStreamResponse, CreateCompletionResponse,
-                          CreateCompletionStreamResponse, CreateEmbeddingResponse)
+from .llama_types import *  # noqa: F401,F403 - every OpenAI-shaped type, as llama-cpp-python exports them
+from .llama_types import __all__ as _types
+
+#: ``llama_cpp.internals`` as llama-cpp-python's top level has it (the module ``_internals``).
+internals = _internals
 
 #: The llama-cpp-python release whose API this mirrors (and whose llama.cpp cyllama builds).
 __version__ = "0.3.36"
@@ -47,9 +54,9 @@ __all__ = [
     "LlamaDiskCache", "BaseLlamaCache", "LlamaTokenizer", "BaseLlamaTokenizer", "LlamaHFTokenizer",
     "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList", "MinTokensLogitsProcessor",
     "ChatFormatterResponse", "Jinja2ChatFormatter", "llama_chat_format", "llama_grammar", "llama_cache",
-    "llama_tokenizer", "llama_types", "llama_cpp", "llama_speculative", "LlamaDraftModel", "LlamaPromptLookupDecoding",
-    "ChatCompletionRequestMessage", "ChatCompletionTool", "ChatCompletionToolChoiceOption",
-    "CreateChatCompletionResponse", "CreateChatCompletionStreamResponse", "CreateCompletionResponse",
-    "CreateCompletionStreamResponse", "CreateEmbeddingResponse",
+    "llama_tokenizer", "llama_types", "llama_cpp", "llama_speculative", "internals", "LlamaDraftModel",
+    "LlamaPromptLookupDecoding", "set_verbose", "suppress_stdout_stderr", "JSON_GBNF", "JSON_ARR_GBNF",
+    "LIST_GBNF", "ARITHMETIC_GBNF", "C_GBNF", "CHESS_GBNF", "JAPANESE_GBNF",
+    *_types,
     *_constants,
 ]

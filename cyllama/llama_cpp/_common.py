@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+import os
+import sys
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = ["LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList",
-           "MinTokensLogitsProcessor", "LlamaState", "logits_to_logprobs", "longest_token_prefix"]
+           "MinTokensLogitsProcessor", "LlamaState", "logits_to_logprobs", "longest_token_prefix",
+           "suppress_stdout_stderr"]
 
 LogitsProcessor = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], npt.NDArray[np.single]]
 
@@ -87,3 +90,36 @@ def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     y = np.asarray(b[:n], dtype=np.int64)
     diff = np.flatnonzero(x != y)
     return int(diff[0]) if diff.size else n
+
+
+class suppress_stdout_stderr:
+    """Silences the process's stdout and stderr (file descriptors 1 and 2, so native output too)
+    inside a ``with`` block; ``disable=True`` makes it do nothing. cyllama routes llama.cpp's log
+    through Python logging already (``verbose=False`` hides it), so this is rarely needed."""
+
+    def __init__(self, disable: bool = True):
+        self.disable = disable
+        self._saved: List[int] = []
+
+    def __enter__(self) -> "suppress_stdout_stderr":
+        if self.disable:
+            return self
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self._saved = [os.dup(1), os.dup(2)]
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            os.dup2(devnull.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._saved:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        out, err = self._saved
+        self._saved = []
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)

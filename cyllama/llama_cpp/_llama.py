@@ -51,6 +51,15 @@ class LlamaLoadError(ModelLoadError, ValueError):
     :class:`cyllama.ModelLoadError`)."""
 
 
+class _Context(LlamaContext):
+    """The drop-in's context: a :class:`cyllama.LlamaContext` with llama-cpp-python's ``.ctx``."""
+
+    @property
+    def ctx(self) -> Any:
+        """The native ``llama_context *`` (cffi), ``None`` once closed."""
+        return None if self.closed else self.ptr
+
+
 class Llama(CompletionMixin):
     """High-level Python wrapper for a llama.cpp model (llama-cpp-python's ``Llama``).
 
@@ -62,6 +71,7 @@ class Llama(CompletionMixin):
 
     _model: Optional[LlamaModel] = None
     _ctx: Optional[LlamaContext] = None
+    _vocab_only = False
     _batch: Optional[LlamaBatch] = None
     _embd_batch: Optional[LlamaBatch] = None
     _lora_adapter: Any = None
@@ -237,8 +247,11 @@ class Llama(CompletionMixin):
         self.lora_path = lora_path
         self.spm_infill = bool(spm_infill)
 
-        if not vocab_only:  # a vocabulary-only model cannot evaluate anything: no context
-            self._ctx = LlamaContext(self._model, cp)
+        # A vocabulary-only model gets a context (as in llama-cpp-python) that is never evaluated:
+        # it has no weights to run.
+        self._vocab_only = bool(vocab_only)
+        self._ctx = _Context(self._model, cp)
+        if not vocab_only:
             self._batch = LlamaBatch(self.n_batch, 0, 1)
             if lora_path:
                 self._apply_lora(lora_path, lora_scale)
@@ -398,7 +411,7 @@ class Llama(CompletionMixin):
 
     def _require_ctx(self) -> LlamaContext:
         self._require_model()
-        if self._ctx is None:
+        if self._vocab_only:
             raise RuntimeError("this Llama was loaded with vocab_only=True: it can tokenize, not evaluate")
         return self._ctx
 
@@ -428,7 +441,7 @@ class Llama(CompletionMixin):
         """Forgets the evaluated tokens (the next prompt is evaluated from scratch)."""
         self.n_tokens = 0
         self._requires_eval = True
-        if self._ctx is not None and not self._ctx.closed:
+        if self._ctx is not None and not self._ctx.closed and not self._vocab_only:
             self._ctx.kv_cache_clear()
 
     # -- evaluation ------------------------------------------------------------------------
@@ -704,7 +717,7 @@ class Llama(CompletionMixin):
         for i, t in enumerate(inputs):
             if not isinstance(t, str):
                 raise TypeError(f"input {i} must be a string, got {type(t).__name__}")
-        n_batch, n_seq_max, n_embd = self.n_batch, ctx.n_seq_max, self.n_embd()
+        n_batch, n_seq_max = self.n_batch, ctx.n_seq_max
         pooling = ctx.pooling_type
         if self._embd_batch is None:
             self._embd_batch = LlamaBatch(n_batch, 0, n_seq_max)

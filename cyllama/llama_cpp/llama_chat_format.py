@@ -480,7 +480,9 @@ def guess_chat_format_from_gguf_metadata(metadata: Dict[str, str]) -> Optional[s
 def hf_tokenizer_config_to_chat_formatter(tokenizer_config: Dict[str, Any],
                                           add_generation_prompt: bool = True) -> ChatFormatter:
     """A formatter from a Hugging Face ``tokenizer_config.json`` (its ``chat_template``,
-    ``bos_token`` and ``eos_token``)."""
+    ``bos_token`` and ``eos_token``). As in llama-cpp-python, ``add_generation_prompt`` appends an
+    empty assistant message (the template's own ``add_generation_prompt`` stays false), so the
+    prompt is the template's rendering of the conversation with that turn."""
     if not isinstance(tokenizer_config, dict) or not isinstance(tokenizer_config.get("chat_template"), str):
         raise ValueError("tokenizer_config must be a dict with a 'chat_template' string")
 
@@ -493,7 +495,9 @@ def hf_tokenizer_config_to_chat_formatter(tokenizer_config: Dict[str, Any],
 
     def format_tokenizer_config(messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse:
         kwargs = {k: v for k, v in kwargs.items() if k not in ("functions", "function_call", "tool_choice")}
-        prompt = template.render(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        if add_generation_prompt:  # as llama-cpp-python: an empty assistant turn, not the template's flag
+            messages = [*messages, {"role": "assistant", "content": ""}]
+        prompt = template.render(messages, add_generation_prompt=False, **kwargs)
         return ChatFormatterResponse(prompt=prompt, stop=[s for s in (eos, bos) if s] or None, added_special=True)
 
     return format_tokenizer_config
@@ -545,6 +549,26 @@ for _name in KNOWN_TEMPLATES:
     _f.__name__ = _FUNCTION_NAMES.get(_name, "format_" + _name.replace("-", "_"))
     globals()[_f.__name__] = _f  # format_chatml, format_llama2, ... as in llama-cpp-python
 del _name, _f
+
+
+
+@register_chat_format("mistral-instruct")
+def format_mistral_instruct(messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse:
+    """llama-cpp-python's ``mistral-instruct`` format: ``[INST] user [/INST]answer</s>`` turns (no
+    BOS: the tokenizer adds it; system and tool messages are left out, as there)."""
+    eos = "</s>"
+    prompt = ""
+    for message in messages:
+        content = message.get("content")
+        if message["role"] == "user" and isinstance(content, str):
+            prompt += "[INST] " + content
+        elif message["role"] == "assistant" and content is not None:
+            prompt += " [/INST]" + content + eos
+    prompt += " [/INST]"
+    return ChatFormatterResponse(prompt=prompt, stop=eos)
+
+
+format_mistral_instruct.chat_template = _known_format("mistral-instruct").chat_template  # type: ignore[attr-defined]
 
 # llama-cpp-python's format for function calling on ChatML models: ChatML, the tools described in
 # the system message, calls written as JSON under a grammar (the generic tool-call family)

@@ -1,28 +1,46 @@
-"""The enum constants of llama.cpp and ggml under llama-cpp-python's names.
+"""The constants of llama.cpp and ggml under llama-cpp-python's names, and its parameter defaults.
 
-llama-cpp-python's ``llama_cpp.llama_cpp`` module is its ctypes binding; code that only reads
-constants from it (``llama_cpp.LLAMA_SPLIT_MODE_LAYER``, ``llama_cpp.GGML_TYPE_Q8_0``,
-``llama_cpp.LLAMA_POOLING_TYPE_MEAN``...) works unchanged. The low-level functions are not
-mirrored here: cyllama's core classes (:class:`cyllama.LlamaModel`, :class:`cyllama.LlamaContext`,
-:class:`cyllama.LlamaSampler`...) and ``cyllama.llama._backend.lib`` (the cffi library) replace them.
+llama-cpp-python's ``llama_cpp.llama_cpp`` module is its ctypes binding; code that reads constants
+from it (``llama_cpp.LLAMA_SPLIT_MODE_LAYER``, ``llama_cpp.GGML_TYPE_Q8_0``,
+``llama_cpp.LLAMA_POOLING_TYPE_MEAN``...) works unchanged, and so do
+``llama_model_default_params()`` / ``llama_context_default_params()`` (cyllama's validated
+parameter classes, which ``llama_cpp._internals`` takes) and the ``llama_supports_*`` queries.
+The other low-level functions, the ctypes structs and pointer types are not mirrored: cyllama's
+core classes (:class:`cyllama.LlamaModel`, :class:`cyllama.LlamaContext`,
+:class:`cyllama.LlamaSampler`...), ``llama_cpp._internals`` and ``cyllama.llama._backend.lib``
+(the cffi library) replace them.
 
-The values are read from the cffi declarations of the pinned headers, so they cannot drift.
+The values are read from the cffi declarations of the pinned headers, so they cannot drift; the
+few that live in llama.cpp's private headers (``LLAMA_VOCAB_PRE_TYPE_*``) are llama-cpp-python's.
 """
 
 from __future__ import annotations
 
 from .._ffi import ffi
+from ..llama._backend import lib as _lib
+from ..llama.context import LlamaContextParams
+from ..llama.model import LlamaModelParams
+from ..llama.sampler import LlamaSamplerChainParams
 
 __all__ = ["LLAMA_DEFAULT_SEED", "LLAMA_MAX_DEVICES", "LLAMA_TOKEN_NULL", "llama_max_devices",
-           "llama_max_parallel_sequences"]
+           "llama_max_parallel_sequences", "llama_supports_mmap", "llama_supports_mlock",
+           "llama_supports_gpu_offload", "llama_supports_rpc", "llama_model_params", "llama_context_params",
+           "llama_sampler_chain_params", "llama_model_default_params", "llama_context_default_params",
+           "llama_sampler_chain_default_params", "llama_print_system_info"]
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 LLAMA_TOKEN_NULL = -1
 
 _ENUMS = (
-    "llama_vocab_type", "llama_rope_type", "llama_token_attr", "llama_ftype", "llama_rope_scaling_type",
-    "llama_pooling_type", "llama_attention_type", "llama_flash_attn_type", "llama_split_mode",
-    "llama_load_mode", "llama_model_kv_override_type", "ggml_type", "ggml_numa_strategy",
+    "llama_vocab_type", "llama_rope_type", "llama_token_type", "llama_token_attr", "llama_ftype",
+    "llama_rope_scaling_type", "llama_pooling_type", "llama_attention_type", "llama_flash_attn_type",
+    "llama_split_mode", "llama_load_mode", "llama_lazy_mode", "llama_context_type", "llama_model_kv_override_type",
+    "llama_model_meta_key", "llama_process_type", "ggml_type", "ggml_numa_strategy",
+)
+_MACROS = (
+    "LLAMA_FILE_MAGIC_GGLA", "LLAMA_FILE_MAGIC_GGSN", "LLAMA_FILE_MAGIC_GGSQ", "LLAMA_SESSION_MAGIC",
+    "LLAMA_SESSION_VERSION", "LLAMA_STATE_SEQ_MAGIC", "LLAMA_STATE_SEQ_VERSION", "LLAMA_STATE_SEQ_FLAGS_NONE",
+    "LLAMA_STATE_SEQ_FLAGS_SWA_ONLY", "LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY", "LLAMA_STATE_SEQ_FLAGS_ON_DEVICE",
 )
 
 for _name in _ENUMS:
@@ -31,22 +49,109 @@ for _name in _ENUMS:
     except (ffi.error, KeyError):  # pragma: no cover - an enum the pinned headers do not have
         continue
     for _k, _v in _members.items():
-        if not _k.endswith(("_COUNT", "_MAX_VALUE")):
-            globals()[_k] = _v
-            __all__.append(_k)
+        globals()[_k] = _v
+        __all__.append(_k)
+for _name in _MACROS:
+    globals()[_name] = getattr(_lib, _name)
+    __all__.append(_name)
 del _name, _k, _v, _members
+
+# ggml's names for the RoPE types (macros of ggml.h, the same values as llama.h's enum)
+for _name in ("NEOX", "MROPE", "IMROPE", "VISION"):
+    globals()[f"GGML_ROPE_TYPE_{_name}"] = globals()[f"LLAMA_ROPE_TYPE_{_name}"]
+    __all__.append(f"GGML_ROPE_TYPE_{_name}")
+
+# enum llama_vocab_pre_type is in llama.cpp's private llama-vocab.h: the values llama-cpp-python has
+_VOCAB_PRE_TYPES = (
+    "DEFAULT", "LLAMA3", "DEEPSEEK_LLM", "DEEPSEEK_CODER", "FALCON", "MPT", "STARCODER", "GPT2", "REFACT",
+    "COMMAND_R", "STABLELM2", "QWEN2", "OLMO", "DBRX", "SMAUG", "PORO", "CHATGLM3", "CHATGLM4", "VIKING", "JAIS",
+    "TEKKEN", "SMOLLM", "CODESHELL", "BLOOM", "GPT3_FINNISH", "EXAONE", "CHAMELEON", "MINERVA", "DEEPSEEK3_LLM",
+    "GPT4O", "SUPERBPE", "TRILLION", "BAILINGMOE", "LLAMA4", "PIXTRAL", "SEED_CODER",
+)
+for _i, _name in enumerate(_VOCAB_PRE_TYPES):
+    globals()[f"LLAMA_VOCAB_PRE_TYPE_{_name}"] = _i
+    __all__.append(f"LLAMA_VOCAB_PRE_TYPE_{_name}")
+del _i, _name
+
+
+# -- parameter structs -------------------------------------------------------------------------
+class llama_model_params(LlamaModelParams):
+    """``struct llama_model_params`` (cyllama's validated :class:`cyllama.LlamaModelParams`)."""
+
+    __slots__ = ()
+
+
+class llama_context_params(LlamaContextParams):
+    """``struct llama_context_params`` (cyllama's validated :class:`cyllama.LlamaContextParams`).
+
+    ``logits_all`` is accepted for code written for older llama.cpp, which had that field; it has
+    no effect (which tokens get logits is chosen per batch token).
+    """
+
+    __slots__ = ()
+    _extra = ("logits_all",)
+
+    @property
+    def logits_all(self) -> bool:
+        return bool(self._keepalive.get("logits_all", False))
+
+    @logits_all.setter
+    def logits_all(self, value: bool) -> None:
+        if not isinstance(value, (bool, int)) or value not in (0, 1):
+            raise TypeError(f"logits_all must be a bool, got {value!r}")
+        self._keepalive["logits_all"] = bool(value)
+
+
+class llama_sampler_chain_params(LlamaSamplerChainParams):
+    """``struct llama_sampler_chain_params`` (cyllama's :class:`cyllama.LlamaSamplerChainParams`)."""
+
+    __slots__ = ()
+
+
+def llama_model_default_params() -> llama_model_params:
+    """llama.cpp's default model parameters (a :class:`cyllama.LlamaModelParams`)."""
+    return llama_model_params()
+
+
+def llama_context_default_params() -> llama_context_params:
+    """llama.cpp's default context parameters (a :class:`cyllama.LlamaContextParams`; thread counts
+    are the cores this process may use)."""
+    return llama_context_params()
+
+
+def llama_sampler_chain_default_params() -> llama_sampler_chain_params:
+    return llama_sampler_chain_params()
+
+
+def llama_supports_mmap() -> bool:
+    return bool(_lib.llama_supports_mmap())
+
+
+def llama_supports_mlock() -> bool:
+    return bool(_lib.llama_supports_mlock())
+
+
+def llama_supports_gpu_offload() -> bool:
+    return bool(_lib.llama_supports_gpu_offload())
+
+
+def llama_supports_rpc() -> bool:
+    return bool(_lib.llama_supports_rpc())
+
+
+def llama_print_system_info() -> bytes:
+    """llama.cpp's system information line (bytes, as the C function's string)."""
+    from ..llama._backend import system_info
+
+    return system_info().encode("utf-8")
 
 
 def llama_max_devices() -> int:
-    from ..llama._backend import lib
-
-    return int(lib.llama_max_devices())
+    return int(_lib.llama_max_devices())
 
 
 def llama_max_parallel_sequences() -> int:
-    from ..llama._backend import lib
-
-    return int(lib.llama_max_parallel_sequences())
+    return int(_lib.llama_max_parallel_sequences())
 
 
 def __getattr__(name: str):  # LLAMA_MAX_DEVICES needs the library: read it on first use

@@ -139,6 +139,27 @@ class CreateChatCompletionResponse(TypedDict):
     usage: CompletionUsage
 
 
+class ChatCompletionMessageToolCallChunkFunction(TypedDict):
+    name: Optional[str]
+    arguments: str
+
+
+class ChatCompletionMessageToolCallChunk(TypedDict):
+    index: int
+    id: NotRequired[str]
+    type: Literal["function"]
+    function: ChatCompletionMessageToolCallChunkFunction
+
+
+class ChatCompletionStreamResponseDeltaEmpty(TypedDict):
+    pass
+
+
+class ChatCompletionStreamResponseDeltaFunctionCall(TypedDict):
+    name: str
+    arguments: str
+
+
 class ChatCompletionStreamResponseDelta(TypedDict, total=False):
     content: Optional[str]
     function_call: Any
@@ -175,7 +196,9 @@ class ChatCompletionFunctionCallOption(TypedDict):
     name: str
 
 
+ChatCompletionRequestFunctionCallOption = ChatCompletionFunctionCallOption
 ChatCompletionRequestFunctionCall = Union[Literal["none", "auto"], ChatCompletionFunctionCallOption]
+ChatCompletionFunctionParameters = Dict[str, JsonType]
 
 
 class ChatCompletionRequestResponseFormat(TypedDict):
@@ -210,6 +233,11 @@ class ChatCompletionRequestSystemMessage(TypedDict):
 class ChatCompletionRequestUserMessage(TypedDict):
     role: Literal["user"]
     content: Optional[Union[str, List[ChatCompletionRequestMessageContentPart]]]
+
+
+class ChatCompletionRequestAssistantMessageFunctionCall(TypedDict):
+    name: str
+    arguments: str
 
 
 class ChatCompletionRequestAssistantMessage(TypedDict):
@@ -258,3 +286,40 @@ class ChatCompletionNamedToolChoice(TypedDict):
 
 
 ChatCompletionToolChoiceOption = Union[Literal["none", "auto", "required"], ChatCompletionNamedToolChoice]
+
+
+# -- llama-cpp-python's other names for the same shapes ------------------------------------------
+EmbeddingData = Embedding
+CompletionChunk = CreateCompletionResponse
+ChatCompletionMessage = ChatCompletionResponseMessage
+ChatCompletionChoice = ChatCompletionResponseChoice
+ChatCompletionChunkDeltaEmpty = ChatCompletionStreamResponseDeltaEmpty
+ChatCompletionChunkChoice = ChatCompletionStreamResponseChoice
+ChatCompletionChunkDelta = ChatCompletionStreamResponseDelta
+ChatCompletionStreamResponse = CreateChatCompletionStreamResponse
+ChatCompletionResponseFunction = ChatCompletionFunction
+ChatCompletionFunctionCall = ChatCompletionResponseFunctionCall
+
+__all__ = [
+    "ChatCompletion", "ChatCompletionChoice", "ChatCompletionChunk", "ChatCompletionChunkChoice",
+    "ChatCompletionChunkDelta", "ChatCompletionChunkDeltaEmpty", "ChatCompletionFunction",
+    "ChatCompletionFunctionCall", "ChatCompletionFunctionCallOption", "ChatCompletionFunctionParameters",
+    "ChatCompletionFunctions", "ChatCompletionLogprobToken", "ChatCompletionLogprobs", "ChatCompletionMessage",
+    "ChatCompletionMessageToolCall", "ChatCompletionMessageToolCallChunk",
+    "ChatCompletionMessageToolCallChunkFunction", "ChatCompletionMessageToolCallFunction",
+    "ChatCompletionMessageToolCalls", "ChatCompletionNamedToolChoice", "ChatCompletionNamedToolChoiceFunction",
+    "ChatCompletionRequestAssistantMessage", "ChatCompletionRequestAssistantMessageFunctionCall",
+    "ChatCompletionRequestFunctionCall", "ChatCompletionRequestFunctionCallOption",
+    "ChatCompletionRequestFunctionMessage", "ChatCompletionRequestMessage",
+    "ChatCompletionRequestMessageContentPart", "ChatCompletionRequestMessageContentPartImage",
+    "ChatCompletionRequestMessageContentPartImageImageUrl", "ChatCompletionRequestMessageContentPartText",
+    "ChatCompletionRequestResponseFormat", "ChatCompletionRequestSystemMessage", "ChatCompletionRequestToolMessage",
+    "ChatCompletionRequestUserMessage", "ChatCompletionResponseChoice", "ChatCompletionResponseFunction",
+    "ChatCompletionResponseFunctionCall", "ChatCompletionResponseMessage", "ChatCompletionStreamResponse",
+    "ChatCompletionStreamResponseChoice", "ChatCompletionStreamResponseDelta",
+    "ChatCompletionStreamResponseDeltaEmpty", "ChatCompletionStreamResponseDeltaFunctionCall", "ChatCompletionTool",
+    "ChatCompletionToolChoiceOption", "ChatCompletionToolFunction", "ChatCompletionTopLogprobToken", "Completion",
+    "CompletionChoice", "CompletionChunk", "CompletionLogprobs", "CompletionUsage", "CreateChatCompletionResponse",
+    "CreateChatCompletionStreamResponse", "CreateCompletionResponse", "CreateCompletionStreamResponse",
+    "CreateEmbeddingResponse", "Embedding", "EmbeddingData", "EmbeddingUsage", "JsonType",
+]
