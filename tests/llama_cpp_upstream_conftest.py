@@ -70,9 +70,9 @@ MODELS: Dict[Tuple[str, str], Callable[[], Path]] = {
     ("ggml-org/models", "tinyllamas/stories15M-q4_0.gguf"): _chat_model,
     ("CompendiumLabs/bge-small-en-v1.5-gguf", "bge-small-en-v1.5-q4_k_m.gguf"): _embedding_model,
     ("QuantFactory/mamba-130m-hf-GGUF", "mamba-130m-hf.Q2_K.gguf"): _missing(
-        "needs a recurrent (Mamba) GGUF model; none is available offline from the package registry"),
+        "needs a recurrent (Mamba) GGUF model, which is not available offline from the package registry"),
     ("tiiuae/Falcon-H1-Tiny-90M-Instruct-GGUF", "Falcon-H1-Tiny-90M-Instruct-Q2_K.gguf"): _missing(
-        "needs a hybrid (Falcon-H1) GGUF model; none is available offline from the package registry"),
+        "needs a hybrid (Falcon-H1) GGUF model, which is not available offline from the package registry"),
 }
 
 #: Tests whose assertions hold only for the exact model they name (token ids, sampled text).
