@@ -34,14 +34,17 @@ from ._common import (LlamaState, LogitsProcessor, LogitsProcessorList, MinToken
 from ._llama import Llama, LlamaLoadError
 from .llama_cache import BaseLlamaCache, LlamaCache, LlamaDiskCache, LlamaRAMCache
 from .llama_chat_format import ChatFormatterResponse, Jinja2ChatFormatter
-from .llama_cpp import *  # noqa: F401,F403 - the LLAMA_* / GGML_* constants and parameter defaults
-from .llama_cpp import __all__ as _constants
 from .llama_grammar import (ARITHMETIC_GBNF, C_GBNF, CHESS_GBNF, JAPANESE_GBNF, JSON_ARR_GBNF, JSON_GBNF,
                             LIST_GBNF, LlamaGrammar)
 from .llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
 from .llama_tokenizer import BaseLlamaTokenizer, LlamaHFTokenizer, LlamaTokenizer
-from .llama_types import *  # noqa: F401,F403 - every OpenAI-shaped type, as llama-cpp-python exports them
-from .llama_types import __all__ as _types
+
+# the LLAMA_* / GGML_* constants and parameter defaults, and every OpenAI-shaped type, at the top
+# level as llama-cpp-python has them
+_constants = list(llama_cpp.__all__)
+_types = list(llama_types.__all__)
+globals().update({name: getattr(llama_cpp, name) for name in _constants})
+globals().update({name: getattr(llama_types, name) for name in _types})
 
 #: ``llama_cpp.internals`` as llama-cpp-python's top level has it (the module ``_internals``).
 internals = _internals
@@ -50,7 +53,7 @@ internals = _internals
 __version__ = "0.3.36"
 
 __all__ = [
-    "__version__", "Llama", "LlamaState", "LlamaLoadError", "LlamaGrammar", "LlamaCache", "LlamaRAMCache",
+    "__version__", "__cyllama_version__", "Llama", "LlamaState", "LlamaLoadError", "LlamaGrammar", "LlamaCache", "LlamaRAMCache",
     "LlamaDiskCache", "BaseLlamaCache", "LlamaTokenizer", "BaseLlamaTokenizer", "LlamaHFTokenizer",
     "LogitsProcessor", "LogitsProcessorList", "StoppingCriteria", "StoppingCriteriaList", "MinTokensLogitsProcessor",
     "ChatFormatterResponse", "Jinja2ChatFormatter", "llama_chat_format", "llama_grammar", "llama_cache",
