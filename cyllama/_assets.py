@@ -51,6 +51,11 @@ ASSETS: dict[str, Asset] = {
         "pywhispercpp", "1.5.1", "pywhispercpp-1.5.1.tar.gz",
         "5df897e5dd9d9f16804fc937bd85b9f5880a0b29a55f8843585e0e03d76195e5",
         "pywhispercpp-1.5.1/whisper.cpp/samples/", kind="sdist"),
+    # Silero VAD's TorchScript model; cyllama.whisper converts it to whisper.cpp's ggml VAD format
+    "silero-vad": Asset(
+        "silero-vad", "6.2.0", "silero_vad-6.2.0-py3-none-any.whl",
+        "8a31f1e58e73cdc20820d842f757e678e0ae1b0ee1cb7b8aa50f20f8fd7f7638",
+        "silero_vad/data/silero_vad.jit"),
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
