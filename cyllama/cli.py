@@ -181,6 +181,15 @@ def _transcribe(args: argparse.Namespace) -> int:
     params = WhisperParams(language=args.language, translate=args.translate)
     if args.threads:
         params.n_threads = args.threads
+    options = {"beam_size": args.beam_size, "best_of": args.best_of, "temperature": args.temperature,
+               "no_speech_threshold": args.no_speech_threshold, "max_len": args.max_len,
+               "split_on_word": args.split_on_word or None, "offset": args.offset, "duration": args.duration,
+               "vad": args.vad or None, "vad_model_path": args.vad_model}
+    if args.no_fallback:
+        options["temperature_inc"] = 0.0
+    if args.vad_threshold is not None:
+        options["vad_params"] = {**params.vad_params.to_dict(), "threshold": args.vad_threshold}
+    params = params.with_options(**{k: v for k, v in options.items() if v is not None})
     with WhisperContext(args.model) as w:
         bar = None
         if not args.quiet:
@@ -255,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-l", "--language", default="auto", help="language code, or auto (default)")
     t.add_argument("--translate", action="store_true", help="translate to English")
     t.add_argument("--word-timestamps", action="store_true", help="times for each word (in the json format)")
+    t.add_argument("-bs", "--beam-size", type=int, help="beam search with N beams (default: greedy)")
+    t.add_argument("-bo", "--best-of", type=int, help="candidates sampled at a fallback temperature (default 5)")
+    t.add_argument("--temperature", type=float, help="first decoding temperature (default 0)")
+    t.add_argument("--no-fallback", action="store_true", help="no retries at higher temperatures")
+    t.add_argument("--no-speech-threshold", type=float, help="no-speech probability threshold (default 0.6)")
+    t.add_argument("-ml", "--max-len", type=int, help="longest segment in characters (default: no limit)")
+    t.add_argument("-sow", "--split-on-word", action="store_true", help="with --max-len, split between words")
+    t.add_argument("--offset", type=float, help="start this many seconds into the audio")
+    t.add_argument("--duration", type=float, help="transcribe only this many seconds")
+    t.add_argument("--vad", action="store_true", help="transcribe only the speech Silero VAD finds")
+    t.add_argument("--vad-model", metavar="FILE", help="ggml Silero VAD model for --vad (default: Silero "
+                   "v6.2.0, made on first use)")
+    t.add_argument("--vad-threshold", type=float, help="speech probability threshold of --vad (default 0.5)")
     t.add_argument("-o", "--output", help="write to this file instead of stdout")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
