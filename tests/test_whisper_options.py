@@ -152,7 +152,8 @@ def test_vad_finds_the_speech_whisper_cli_finds(vad_model: Path, whisper_model: 
 def test_transcribe_with_vad_matches_whisper_cli(wctx: WhisperContext, vad_model: Path, whisper_model: Path,
                                                  jfk: Path) -> None:
     cli, _ = whisper_cli(whisper_model, jfk, "-bs", "1", "--vad", "-vm", str(vad_model))
-    r = wctx.transcribe(jfk, n_threads=THREADS, vad=True, vad_model_path=vad_model)
+    with WhisperContext(whisper_model) as fresh:  # as whisper-cli's: see test_named_options_match_whisper_cli
+        r = fresh.transcribe(jfk, n_threads=THREADS, vad=True, vad_model_path=vad_model)
     assert ours(r) == theirs(cli)
     plain = wctx.transcribe(jfk, n_threads=THREADS)
     assert norm(r.text) == norm(plain.text)  # the same words (punctuation may differ): the speech is all there
@@ -182,7 +183,8 @@ def test_vad_on_silence_gives_no_segments(wctx: WhisperContext) -> None:
 def test_named_options_match_whisper_cli(wctx: WhisperContext, whisper_model: Path, jfk: Path, options: dict,
                                          cli_args: list[str]) -> None:
     cli, _ = whisper_cli(whisper_model, jfk, *cli_args)
-    r = wctx.transcribe(jfk, n_threads=THREADS, **options)
+    with wctx.new_state() as st:  # fresh, as whisper-cli's: fallbacks sample from a generator kept per state
+        r = st.transcribe(jfk, n_threads=THREADS, **options)
     assert ours(r) == theirs(cli)
     if "max_len" in options:
         assert len(r.segments) > 3 and all(len(s.text) <= 16 + 12 for s in r.segments)
@@ -256,7 +258,8 @@ def test_detect_language_matches_whisper_cli(wctx: WhisperContext, whisper_model
 
 # -- several states over one model -------------------------------------------------------------------
 def test_two_threads_transcribe_in_parallel_on_one_model(wctx: WhisperContext, jfk: Path) -> None:
-    want = wctx.transcribe(jfk, n_threads=1)
+    with wctx.new_state() as s0:  # fresh states decode alike (see test_named_options_match_whisper_cli)
+        want = s0.transcribe(jfk, n_threads=1)
     states = [wctx.new_state(), wctx.new_state()]
     assert all(isinstance(s, WhisperState) and s.context is wctx for s in states)
     barrier = threading.Barrier(2)

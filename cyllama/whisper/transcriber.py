@@ -6,6 +6,10 @@ state and each :class:`~cyllama.whisper.WhisperState` on its own, through this o
 with different states run in parallel. One state serves one thread at a time: a concurrent second
 call on the same state raises ``RuntimeError``.
 
+A state keeps the random generator of its first decoder across calls (whisper.cpp seeds it once,
+when the state is made), so a temperature fallback may sample differently on a second call with
+the same audio; a fresh state (``new_state()``) decodes as a fresh whisper-cli process does.
+
 whisper.cpp trusts its inputs (fewer than 201 samples are read past their end, an offset past the
 end of the audio makes language detection fail), so the audio and options are checked here first.
 """
