@@ -26,6 +26,7 @@ import numpy as np
 from .. import _logging
 from .._errors import CyllamaError
 from .._ffi import ffi
+from ..llama._backend import default_n_threads
 from .params import SAMPLE_RATE, WhisperParams, _check, lang_str
 from .results import LanguageDetection, Segment, TranscriptionResult, Word
 from .vad import VadContext, speech_only, to_original_time
@@ -310,8 +311,7 @@ class Transcriber:
         offset_ms = int(round(_check("offset", offset, float, 0.0) * 1000))
         if offset_ms >= samples.size * 1000 // SAMPLE_RATE:
             raise ValueError(f"offset ({offset:g} s) is past the end of the audio")
-        threads = _check("n_threads", n_threads if n_threads is not None else WhisperParams().n_threads,
-                         int, 1, 1024)
+        threads = _check("n_threads", default_n_threads() if n_threads is None else n_threads, int, 1, 1024)
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(f"this {type(self).__name__} is already transcribing in another thread")
         try:
