@@ -124,7 +124,7 @@ class Embedder:
                     off = offsets[seq]
                     out = np.stack([ctx.get_embeddings_ith(off + k) for k in range(len(inputs[i]))])
                 else:
-                    out = ctx.get_embeddings_seq(seq).copy()
+                    out = ctx.get_embeddings_seq(seq)
                     if self.normalize:
                         norm = float(np.linalg.norm(out))
                         if norm > 0:

@@ -178,13 +178,14 @@ def sample_token(ctx: LlamaContext, sampler: LlamaSampler | GatedSampler, idx: i
     (of the distribution the sampler chain starts from)."""
     if logprobs is None and logits_processor is None:
         return sampler.sample(ctx, idx), None
-    logits = ctx.get_logits_ith(idx)
-    if logits_processor is not None:
-        out = logits_processor(ids, logits)
-        if out is not None and out is not logits:
-            logits[:] = out
-    tok = sampler.sample(ctx, idx)
-    return tok, (_logprobs(logits, tok, logprobs) if logprobs is not None else None)
+    with ctx._busy:  # the view below is llama.cpp's buffer: the sampler must see the processor's edits
+        logits = ctx.get_logits_ith(idx, copy=False)
+        if logits_processor is not None:
+            out = logits_processor(ids, logits)
+            if out is not None and out is not logits:
+                logits[:] = out
+        tok = sampler.sample(ctx, idx)
+        return tok, (_logprobs(logits, tok, logprobs) if logprobs is not None else None)
 
 
 class _IdBuffer:

@@ -115,7 +115,8 @@ class GrammarGate:
     def _fill(self, ctx: "LlamaContext", idx: int) -> None:
         v = self._view
         v["id"] = self._ids  # the chain sorts the cells in place: reset them every time
-        v["logit"] = ctx.get_logits_ith(idx)
+        with ctx._busy:
+            v["logit"] = ctx.get_logits_ith(idx, copy=False)
         v["p"] = 0.0
         a = self._arr
         a.data, a.size, a.selected, a.sorted = self._cells, len(v), -1, False

@@ -48,12 +48,14 @@ def test_llama_batch_get_one_tracks_positions(model: LlamaModel, ctx: LlamaConte
     assert out == greedy(ctx, vocab.tokenize(PROMPT), 5)
 
 
-def test_logits_are_zero_copy_views(model: LlamaModel, ctx: LlamaContext) -> None:
+def test_logits_are_copies_unless_asked_for_a_view(model: LlamaModel, ctx: LlamaContext) -> None:
     toks = model.get_vocab().tokenize(PROMPT)
     ctx.decode(llama_batch_get_one(toks))
     logits = ctx.get_logits_ith(-1)
     assert logits.shape == (model.n_vocab,) and logits.dtype == np.float32
-    assert not logits.flags.owndata
+    assert logits.flags.owndata  # a copy: still valid after the next decode or close()
+    view = ctx.get_logits_ith(-1, copy=False)
+    assert not view.flags.owndata and np.array_equal(view, logits)
     assert int(np.argmax(logits)) == LlamaSampler().add_greedy().sample(ctx, -1)
     assert ctx.get_logits().shape == (1, model.n_vocab)
     with pytest.raises(ValueError):

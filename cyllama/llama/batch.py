@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Iterable, Sequence
 
 from .._lazy_numpy import np
@@ -9,6 +10,7 @@ from .._lazy_numpy import np
 from .._errors import ClosedError
 from .._ffi import ffi
 from ._backend import lib
+from ._handle import guarded
 
 __all__ = ["LlamaBatch", "llama_batch_get_one"]
 
@@ -18,8 +20,12 @@ class LlamaBatch:
 
     ``add`` checks its arguments in O(1), so a bad position or sequence id raises ``ValueError``
     here instead of reaching llama.cpp. Token ids are checked against the vocabulary when the
-    batch is decoded. ``add_sequence`` fills many tokens at once through numpy views.
+    batch is decoded. ``add_sequence`` fills many tokens at once through numpy views. Closing it
+    from another thread waits for a decode that reads it.
     """
+
+    _busy = threading.RLock()  # per batch once constructed
+    _closed = True
 
     def __init__(self, n_tokens: int = 512, embd: int = 0, n_seq_max: int = 1):
         for name, v, lo in (("n_tokens", n_tokens, 1), ("embd", embd, 0), ("n_seq_max", n_seq_max, 1)):
@@ -29,6 +35,7 @@ class LlamaBatch:
                 raise ValueError(f"{name} must be >= {lo}, got {v}")
         if n_tokens > 1 << 24 or n_seq_max > 1 << 16:
             raise ValueError(f"batch too large (n_tokens={n_tokens}, n_seq_max={n_seq_max})")
+        self._busy = threading.RLock()
         self.capacity = int(n_tokens)
         self.embd = int(embd)
         self.n_seq_max = int(n_seq_max)
@@ -56,6 +63,7 @@ class LlamaBatch:
     def __len__(self) -> int:
         return int(self._b.n_tokens)
 
+    @guarded
     def clear(self) -> None:
         """Empties the batch (keeps its memory)."""
         self._check_open()
@@ -65,6 +73,7 @@ class LlamaBatch:
         if self._closed:
             raise ClosedError("LlamaBatch is closed")
 
+    @guarded
     def add(self, token: int, pos: int, seq_ids: Sequence[int] | int = (0,), logits: bool = False) -> None:
         """Appends one token at position ``pos`` of the given sequences."""
         self._check_open()
@@ -92,6 +101,7 @@ class LlamaBatch:
         b.logits[i] = 1 if logits else 0
         b.n_tokens = i + 1
 
+    @guarded
     def add_sequence(self, tokens: Sequence[int] | np.ndarray, pos0: int = 0, seq_id: int = 0,
                      logits_last: bool = True) -> None:
         """Appends ``tokens`` at positions ``pos0, pos0+1, ...`` of one sequence."""
@@ -118,6 +128,7 @@ class LlamaBatch:
             seq[k][0] = seq_id
         self._b.n_tokens = i + n
 
+    @guarded
     def set_logits(self, index: int, value: bool = True) -> None:
         """Requests (or not) the output of the token at ``index``."""
         if not -self.n_tokens <= index < self.n_tokens:
@@ -140,6 +151,7 @@ class LlamaBatch:
         auto.n_tokens = self._b.n_tokens
         return auto[0]
 
+    @guarded
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,7 +12,7 @@ from .. import _logging
 from .._errors import CyllamaError, DecodeError, check_path
 from .._ffi import ffi
 from ._backend import default_n_threads, lib
-from ._handle import NativeHandle
+from ._handle import NativeHandle, guarded
 from ._params import Field, StructParams, int32, uint32
 from .batch import LlamaBatch
 from .model import LlamaModel
@@ -74,8 +73,9 @@ class LlamaContext(NativeHandle):
 
     One context is used by one thread at a time (the GIL is released inside llama.cpp); a second
     thread calling ``decode`` concurrently gets a ``RuntimeError`` rather than corrupt state.
-    ``get_logits*`` and ``get_embeddings*`` return zero-copy numpy views that are valid until the
-    next ``decode``; copy them to keep them.
+    ``get_logits*`` and ``get_embeddings*`` return copies (``copy=False``: zero-copy views for code
+    that holds the context while it reads them). ``close()`` from another thread waits for a
+    running decode or state copy to return.
     """
 
     def __init__(self, model: LlamaModel, params: LlamaContextParams | None = None, verbose: bool | None = None):
@@ -104,7 +104,6 @@ class LlamaContext(NativeHandle):
         self.n_seq_max = int(lib.llama_n_seq_max(ptr))
         self.n_vocab = model.n_vocab
         self.n_embd = model.n_embd
-        self._busy = threading.Lock()
         self._n_outputs = 0
         self._last_n_tokens = 0
         self._out_flags: np.ndarray | None = None
@@ -151,25 +150,26 @@ class LlamaContext(NativeHandle):
 
     def decode(self, batch: LlamaBatch) -> int:
         """Runs the model on a batch; raises :class:`DecodeError` if llama.cpp reports failure."""
-        ptr = self.ptr
-        n = self._check_batch(batch)
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("LlamaContext is being used by another thread")
         try:
-            if batch._auto_pos:
-                rc = lib.llama_decode(ptr, batch._auto_value())
-            else:
-                rc = lib.llama_decode(ptr, batch._b[0])
+            ptr = self.ptr
+            with batch._busy:  # closing the batch waits for the decode that reads it
+                n = self._check_batch(batch)
+                if batch._auto_pos:
+                    rc = lib.llama_decode(ptr, batch._auto_value())
+                else:
+                    rc = lib.llama_decode(ptr, batch._b[0])
+                self._last_n_tokens = n
+                if batch._auto_pos:
+                    self._n_outputs, self._out_flags = 1, None
+                elif n == 1:
+                    self._n_outputs, self._out_flags = int(batch._logits[0] != 0), None
+                else:
+                    flags = batch._logits[:n].copy()
+                    self._n_outputs, self._out_flags = int(np.count_nonzero(flags)), flags
         finally:
             self._busy.release()
-        self._last_n_tokens = n
-        if batch._auto_pos:
-            self._n_outputs, self._out_flags = 1, None
-        elif n == 1:
-            self._n_outputs, self._out_flags = int(batch._logits[0] != 0), None
-        else:
-            flags = batch._logits[:n].copy()
-            self._n_outputs, self._out_flags = int(np.count_nonzero(flags)), flags
         if rc != 0:
             self._n_outputs = 0
             if rc == 2 and self._interrupted:
@@ -181,10 +181,10 @@ class LlamaContext(NativeHandle):
     def _decode_outside(self, run: Any, logits_last: bool) -> Any:
         """Runs ``run()``, a decode made by another library (libmtmd's media evaluation), under this
         context's thread check, then records its outputs: the last token's logits, or none."""
-        self.ptr
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("LlamaContext is being used by another thread")
         try:
+            self.ptr
             rc = run()
         finally:
             self._busy.release()
@@ -193,12 +193,13 @@ class LlamaContext(NativeHandle):
 
     def encode(self, batch: LlamaBatch) -> int:
         """Runs an encoder (for encoder-decoder and embedding models)."""
-        ptr = self.ptr
-        self._check_batch(batch)
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("LlamaContext is being used by another thread")
         try:
-            rc = lib.llama_encode(ptr, batch._auto_value() if batch._auto_pos else batch._b[0])
+            ptr = self.ptr
+            with batch._busy:
+                self._check_batch(batch)
+                rc = lib.llama_encode(ptr, batch._auto_value() if batch._auto_pos else batch._b[0])
         finally:
             self._busy.release()
         if rc != 0:
@@ -223,33 +224,47 @@ class LlamaContext(NativeHandle):
             raise ValueError(f"batch index {i} has no output (request logits for it when adding it)")
         return i
 
-    def get_logits_ith(self, i: int = -1) -> np.ndarray:
-        """Logits of the token at batch index ``i`` (negative: from the last output)."""
+    @staticmethod
+    def _array(p: Any, n: int, copy: bool) -> np.ndarray:
+        view = np.frombuffer(ffi.buffer(p, 4 * n), dtype=np.float32)
+        return view.copy() if copy else view
+
+    @guarded
+    def get_logits_ith(self, i: int = -1, copy: bool = True) -> np.ndarray:
+        """Logits of the token at batch index ``i`` (negative: from the last output).
+
+        A copy by default. ``copy=False`` gives a zero-copy view into llama.cpp's buffer, valid
+        only until the next decode or ``close()`` (reading it later reads freed memory): use it
+        only while holding the context (``with ctx._busy:``), as the decoding core does.
+        """
         ptr = self.ptr
         self.check_output_index(i)
         p = lib.llama_get_logits_ith(ptr, i)
         if p == ffi.NULL:
             raise ValueError(f"no logits for batch index {i}")
-        return np.frombuffer(ffi.buffer(p, 4 * self.n_vocab), dtype=np.float32)
+        return self._array(p, self.n_vocab, copy)
 
-    def get_logits(self) -> np.ndarray:
-        """Logits of every output of the last decode, shape (n_outputs, n_vocab)."""
+    @guarded
+    def get_logits(self, copy: bool = True) -> np.ndarray:
+        """Logits of every output of the last decode, shape (n_outputs, n_vocab); a copy unless
+        ``copy=False`` (see :meth:`get_logits_ith`)."""
         ptr = self.ptr
         if self._n_outputs == 0:
             raise ValueError("no outputs: decode a batch with logits requested first")
         p = lib.llama_get_logits(ptr)
-        n = self._n_outputs * self.n_vocab
-        return np.frombuffer(ffi.buffer(p, 4 * n), dtype=np.float32).reshape(self._n_outputs, self.n_vocab)
+        return self._array(p, self._n_outputs * self.n_vocab, copy).reshape(self._n_outputs, self.n_vocab)
 
-    def get_embeddings_ith(self, i: int = -1) -> np.ndarray:
+    @guarded
+    def get_embeddings_ith(self, i: int = -1, copy: bool = True) -> np.ndarray:
         ptr = self.ptr
         self.check_output_index(i)
         p = lib.llama_get_embeddings_ith(ptr, i)
         if p == ffi.NULL:
             raise ValueError(f"no embeddings for batch index {i} (create the context with embeddings=True)")
-        return np.frombuffer(ffi.buffer(p, 4 * self.n_embd), dtype=np.float32)
+        return self._array(p, self.n_embd, copy)
 
-    def get_embeddings_seq(self, seq_id: int) -> np.ndarray:
+    @guarded
+    def get_embeddings_seq(self, seq_id: int, copy: bool = True) -> np.ndarray:
         """Pooled embedding of one sequence (pooling_type other than none)."""
         ptr = self.ptr
         self._check_seq(seq_id)
@@ -257,30 +272,37 @@ class LlamaContext(NativeHandle):
         if p == ffi.NULL:
             raise ValueError(f"no pooled embedding for sequence {seq_id}")
         n = max(1, int(lib.llama_model_n_cls_out(self.model.ptr))) if self.pooling_type == 4 else self.n_embd
-        return np.frombuffer(ffi.buffer(p, 4 * n), dtype=np.float32)
+        return self._array(p, n, copy)
 
     @property
+    @guarded
     def pooling_type(self) -> int:
         return int(lib.llama_pooling_type(self.ptr))
 
+    @guarded
     def set_embeddings(self, on: bool) -> None:
         lib.llama_set_embeddings(self.ptr, bool(on))
 
+    @guarded
     def set_causal_attn(self, on: bool) -> None:
         lib.llama_set_causal_attn(self.ptr, bool(on))
 
+    @guarded
     def synchronize(self) -> None:
         lib.llama_synchronize(self.ptr)
 
     # -- threads ---------------------------------------------------------------------------
     @property
+    @guarded
     def n_threads(self) -> int:
         return int(lib.llama_n_threads(self.ptr))
 
     @property
+    @guarded
     def n_threads_batch(self) -> int:
         return int(lib.llama_n_threads_batch(self.ptr))
 
+    @guarded
     def set_n_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
         nb = n_threads if n_threads_batch is None else n_threads_batch
         for name, v in (("n_threads", n_threads), ("n_threads_batch", nb)):
@@ -289,6 +311,7 @@ class LlamaContext(NativeHandle):
         lib.llama_set_n_threads(self.ptr, n_threads, nb)
 
     # -- abort -----------------------------------------------------------------------------
+    @guarded
     def set_abort_callback(self, fn: Callable[[], bool] | None) -> None:
         """``fn()`` returning True aborts the running decode (it then raises DecodeError 2).
 
@@ -322,6 +345,7 @@ class LlamaContext(NativeHandle):
         if not 0 <= seq_id < self.n_seq_max:
             raise ValueError(f"seq_id {seq_id} out of range 0..{self.n_seq_max - 1}")
 
+    @guarded
     def kv_cache_clear(self, data: bool = True) -> None:
         """Removes every token of every sequence (``data`` also zeroes the buffers)."""
         self.ptr
@@ -329,12 +353,14 @@ class LlamaContext(NativeHandle):
 
     memory_clear = kv_cache_clear
 
+    @guarded
     def kv_cache_seq_rm(self, seq_id: int, p0: int = -1, p1: int = -1) -> bool:
         """Removes positions [p0, p1) of a sequence (seq_id < 0: all sequences; p < 0: open end)."""
         self.ptr
         self._check_seq(seq_id, allow_all=True)
         return bool(lib.llama_memory_seq_rm(self._mem, seq_id, p0, p1))
 
+    @guarded
     def kv_cache_seq_cp(self, seq_id_src: int, seq_id_dst: int, p0: int = -1, p1: int = -1) -> None:
         """Shares positions [p0, p1) of one sequence with another (no copy of the data)."""
         self.ptr
@@ -348,12 +374,14 @@ class LlamaContext(NativeHandle):
                                  "sequences can be copied (p0=-1, p1=-1); create it with kv_unified=True to share prefixes")
         lib.llama_memory_seq_cp(self._mem, seq_id_src, seq_id_dst, p0, p1)
 
+    @guarded
     def kv_cache_seq_keep(self, seq_id: int) -> None:
         """Removes every sequence but this one."""
         self.ptr
         self._check_seq(seq_id)
         lib.llama_memory_seq_keep(self._mem, seq_id)
 
+    @guarded
     def kv_cache_seq_add(self, seq_id: int, p0: int, p1: int, delta: int) -> None:
         """Shifts positions [p0, p1) of a sequence by ``delta``."""
         self.ptr
@@ -362,6 +390,7 @@ class LlamaContext(NativeHandle):
             raise ValueError("this model's memory cannot shift positions")
         lib.llama_memory_seq_add(self._mem, seq_id, p0, p1, delta)
 
+    @guarded
     def kv_cache_seq_div(self, seq_id: int, p0: int, p1: int, d: int) -> None:
         self.ptr
         self._check_seq(seq_id)
@@ -371,12 +400,14 @@ class LlamaContext(NativeHandle):
             raise ValueError("this model's memory cannot shift positions")
         lib.llama_memory_seq_div(self._mem, seq_id, p0, p1, d)
 
+    @guarded
     def kv_cache_seq_pos_min(self, seq_id: int) -> int:
         """Smallest position of a sequence in memory, -1 when empty."""
         self.ptr
         self._check_seq(seq_id)
         return int(lib.llama_memory_seq_pos_min(self._mem, seq_id))
 
+    @guarded
     def kv_cache_seq_pos_max(self, seq_id: int) -> int:
         """Largest position of a sequence in memory, -1 when empty."""
         self.ptr
@@ -384,11 +415,13 @@ class LlamaContext(NativeHandle):
         return int(lib.llama_memory_seq_pos_max(self._mem, seq_id))
 
     @property
+    @guarded
     def can_shift(self) -> bool:
         self.ptr
         return bool(lib.llama_memory_can_shift(self._mem))
 
     # -- state -----------------------------------------------------------------------------
+    @guarded
     def get_state(self) -> bytes:
         """The context's memory (KV cache) as bytes; restore it with :meth:`set_state`."""
         ptr = self.ptr
@@ -397,6 +430,7 @@ class LlamaContext(NativeHandle):
         n = lib.llama_state_get_data(ptr, buf, size)
         return ffi.unpack(ffi.cast("char *", buf), n)
 
+    @guarded
     def set_state(self, state: bytes) -> int:
         """Restores a state from :meth:`get_state`; raises ValueError if it does not fit."""
         ptr = self.ptr
@@ -414,6 +448,7 @@ class LlamaContext(NativeHandle):
         after a restore, decode the next token before sampling."""
         self._n_outputs, self._out_flags, self._last_n_tokens = 0, None, 0
 
+    @guarded
     def seq_get_state(self, seq_id: int) -> bytes:
         ptr = self.ptr
         self._check_seq(seq_id)
@@ -422,6 +457,7 @@ class LlamaContext(NativeHandle):
         n = lib.llama_state_seq_get_data(ptr, buf, size, seq_id)
         return ffi.unpack(ffi.cast("char *", buf), n)
 
+    @guarded
     def seq_set_state(self, state: bytes, seq_id: int) -> int:
         ptr = self.ptr
         self._check_seq(seq_id)
@@ -432,6 +468,7 @@ class LlamaContext(NativeHandle):
             raise ValueError("sequence state does not match this context")
         return int(n)
 
+    @guarded
     def save_state_file(self, path: str | os.PathLike, tokens: Sequence[int] = ()) -> None:
         """Saves the state and the tokens it was built from to a session file."""
         ptr = self.ptr
@@ -442,6 +479,7 @@ class LlamaContext(NativeHandle):
         if not lib.llama_state_save_file(ptr, os.fsencode(p), ffi.from_buffer("llama_token[]", arr), len(arr)):
             raise CyllamaError(f"failed to save state to {p}")
 
+    @guarded
     def load_state_file(self, path: str | os.PathLike, max_tokens: int | None = None) -> list[int]:
         """Loads a session file; returns the tokens saved with it."""
         ptr = self.ptr
@@ -455,12 +493,14 @@ class LlamaContext(NativeHandle):
         return ffi.unpack(out, n_out[0])
 
     # -- performance -----------------------------------------------------------------------
+    @guarded
     def perf_data(self) -> dict[str, float]:
         """llama.cpp's timing counters for this context."""
         d = lib.llama_perf_context(self.ptr)
         return {"t_start_ms": d.t_start_ms, "t_load_ms": d.t_load_ms, "t_p_eval_ms": d.t_p_eval_ms,
                 "t_eval_ms": d.t_eval_ms, "n_p_eval": d.n_p_eval, "n_eval": d.n_eval, "n_reused": d.n_reused}
 
+    @guarded
     def print_perf_data(self) -> None:
         """Prints llama.cpp's timing counters (its own printer writes to the log, hidden by default)."""
         d = self.perf_data()
@@ -470,6 +510,7 @@ class LlamaContext(NativeHandle):
               f"{d['n_p_eval']} tokens ({pp:.1f} tok/s) | eval {d['t_eval_ms']:.1f} ms / {d['n_eval']} runs "
               f"({tg:.1f} tok/s) | graphs reused {d['n_reused']}")
 
+    @guarded
     def reset_perf_data(self) -> None:
         lib.llama_perf_context_reset(self.ptr)
 

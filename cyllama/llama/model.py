@@ -11,7 +11,7 @@ from .. import _logging
 from .._errors import ModelLoadError, check_path
 from .._ffi import ffi
 from ._backend import ensure_backend, lib
-from ._handle import NativeHandle
+from ._handle import NativeHandle, guarded
 from ._params import Field, StructParams, int32
 
 if TYPE_CHECKING:
@@ -110,28 +110,34 @@ class LlamaModel(NativeHandle):
 
     # -- properties ------------------------------------------------------------------------
     @property
+    @guarded
     def n_params(self) -> int:
         return int(lib.llama_model_n_params(self.ptr))
 
     @property
+    @guarded
     def n_layers(self) -> int:
         return int(lib.llama_model_n_layer(self.ptr))
 
     n_layer = n_layers
 
     @property
+    @guarded
     def n_embd(self) -> int:
         return int(lib.llama_model_n_embd(self.ptr))
 
     @property
+    @guarded
     def n_head(self) -> int:
         return int(lib.llama_model_n_head(self.ptr))
 
     @property
+    @guarded
     def n_head_kv(self) -> int:
         return int(lib.llama_model_n_head_kv(self.ptr))
 
     @property
+    @guarded
     def n_ctx_train(self) -> int:
         return int(lib.llama_model_n_ctx_train(self.ptr))
 
@@ -141,33 +147,40 @@ class LlamaModel(NativeHandle):
         return int(lib.llama_vocab_n_tokens(self._vocab_ptr))
 
     @property
+    @guarded
     def size(self) -> int:
         """Total size of the weights in bytes."""
         return int(lib.llama_model_size(self.ptr))
 
     @property
+    @guarded
     def desc(self) -> str:
         buf = ffi.new("char[256]")
         lib.llama_model_desc(self.ptr, buf, 256)
         return ffi.string(buf).decode("utf-8", "replace")
 
     @property
+    @guarded
     def rope_type(self) -> int:
         return int(lib.llama_model_rope_type(self.ptr))
 
     @property
+    @guarded
     def has_encoder(self) -> bool:
         return bool(lib.llama_model_has_encoder(self.ptr))
 
     @property
+    @guarded
     def has_decoder(self) -> bool:
         return bool(lib.llama_model_has_decoder(self.ptr))
 
     @property
+    @guarded
     def is_recurrent(self) -> bool:
         return bool(lib.llama_model_is_recurrent(self.ptr))
 
     @property
+    @guarded
     def decoder_start_token(self) -> int:
         return int(lib.llama_model_decoder_start_token(self.ptr))
 
@@ -185,6 +198,7 @@ class LlamaModel(NativeHandle):
             size = n + 1
 
     @property
+    @guarded
     def metadata(self) -> dict[str, str]:
         """All GGUF metadata key/value pairs, values as strings (arrays are summarised by llama.cpp)."""
         if self._metadata is None:
@@ -197,10 +211,12 @@ class LlamaModel(NativeHandle):
             self._metadata = out
         return dict(self._metadata)
 
+    @guarded
     def meta_val_str(self, key: str) -> str | None:
         """One metadata value as a string, or None when the key is absent."""
         return self._read_string(lib.llama_model_meta_val_str, self.ptr, key.encode())
 
+    @guarded
     def chat_template(self, name: str | None = None) -> str | None:
         """The model's chat template (``tokenizer.chat_template``), or None."""
         p = lib.llama_model_chat_template(self.ptr, name.encode() if name else ffi.NULL)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from .. import _logging
 from .._ffi import ffi
 from ._backend import lib
-from ._handle import NativeHandle
+from ._handle import NativeHandle, guarded
 from ._params import Field, StructParams
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class LlamaSampler(NativeHandle):
         self._adopt(lib.llama_sampler_chain_init(self.params.value), lib.llama_sampler_free)
 
     # -- building --------------------------------------------------------------------------
+    @guarded
     def _add(self, name: str, make: Callable[["LlamaVocab | None"], Any], needs_vocab: bool = False) -> "LlamaSampler":
         ptr = self.ptr
         self.names.append(name)
@@ -101,6 +102,8 @@ class LlamaSampler(NativeHandle):
             self._pending.append(make)
             return self
         before = len(_logging.last_errors())
+        if needs_vocab:
+            self._depend_on(self._vocab)
         smpl = make(self._vocab)
         if smpl == ffi.NULL:
             self.names.pop()
@@ -109,8 +112,15 @@ class LlamaSampler(NativeHandle):
         lib.llama_sampler_chain_add(ptr, smpl)
         return self
 
+    def _depend_on(self, vocab: "LlamaVocab") -> None:
+        """Samplers holding the vocabulary (grammar, DRY, ...) must not outlive its model:
+        closing the model closes this chain, which then raises ClosedError instead of crashing."""
+        vocab.model._dependents.add(self)
+
+    @guarded
     def _bind(self, vocab: "LlamaVocab") -> None:
         self._vocab = vocab
+        self._depend_on(vocab)
         pending, self._pending = self._pending, []
         for make in pending:
             before = len(_logging.last_errors())
@@ -237,6 +247,7 @@ class LlamaSampler(NativeHandle):
         return self._add("infill", lambda v: lib.llama_sampler_init_infill(v.ptr), needs_vocab=True)
 
     # -- using -----------------------------------------------------------------------------
+    @guarded
     def sample(self, ctx: "LlamaContext", idx: int = -1) -> int:
         """Samples a token from the output at batch index ``idx`` of the last decode, and accepts it."""
         ptr = self.ptr
@@ -246,9 +257,16 @@ class LlamaSampler(NativeHandle):
             self._bind(ctx.model.get_vocab())
         if lib.llama_sampler_chain_n(ptr) == 0:
             raise ValueError("the sampler chain is empty: add a sampler (e.g. add_greedy() or add_dist())")
-        ctx.check_output_index(idx)
-        return int(lib.llama_sampler_sample(ptr, ctx.ptr, idx))
+        vocab = self._vocab
+        if vocab is not None and vocab.model is not ctx.model and vocab.n_vocab != ctx.n_vocab:
+            # a grammar or penalty sampler would index this context's logits with the other vocabulary
+            raise ValueError(f"this sampler chain was built for {vocab.model.path.name}'s vocabulary "
+                             f"({vocab.n_vocab} tokens); the context's model has {ctx.n_vocab}")
+        with ctx._busy:  # the context cannot be closed while llama.cpp reads its logits
+            ctx.check_output_index(idx)
+            return int(lib.llama_sampler_sample(ptr, ctx.ptr, idx))
 
+    @guarded
     def accept(self, token: int) -> None:
         """Tells stateful samplers (penalties, grammar) that ``token`` was chosen."""
         ptr = self.ptr
@@ -280,17 +298,21 @@ class LlamaSampler(NativeHandle):
             if data[0].logit == -math.inf:
                 raise ValueError(f"token {token} is not allowed by the grammar at this point")
 
+    @guarded
     def reset(self) -> None:
         lib.llama_sampler_reset(self.ptr)
 
     @property
+    @guarded
     def n_samplers(self) -> int:
         return int(lib.llama_sampler_chain_n(self.ptr)) + len(self._pending)
 
     @property
+    @guarded
     def seed(self) -> int:
         return int(lib.llama_sampler_get_seed(self.ptr))
 
+    @guarded
     def perf_data(self) -> dict[str, float]:
         d = lib.llama_perf_sampler(self.ptr)
         return {"t_sample_ms": d.t_sample_ms, "n_sample": d.n_sample}

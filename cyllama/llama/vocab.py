@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, TypeVar
 
 from .._lazy_numpy import np
 
@@ -16,6 +17,19 @@ __all__ = ["LlamaVocab", "VOCAB_TYPES"]
 
 VOCAB_TYPES = {0: "none", 1: "spm", 2: "bpe", 3: "wpm", 4: "ugm", 5: "rwkv", 6: "plamo2", 7: "test"}
 _INT32_MAX = 2**31 - 1
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _model_locked(method: F) -> F:
+    """Holds the model's lock for the call: closing the model from another thread waits for it,
+    and the shared piece buffer is used by one thread at a time."""
+
+    @functools.wraps(method)
+    def wrapper(self: "LlamaVocab", *args: Any, **kwargs: Any) -> Any:
+        with self.model._busy:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class LlamaVocab:
@@ -44,6 +58,7 @@ class LlamaVocab:
         return self._n_vocab
 
     @property
+    @_model_locked
     def vocab_type(self) -> str:
         return VOCAB_TYPES.get(int(lib.llama_vocab_type(self.ptr)), "unknown")
 
@@ -72,6 +87,7 @@ class LlamaVocab:
         return np.ascontiguousarray(arr, dtype=np.int32)
 
     # -- special tokens --------------------------------------------------------------------
+    @_model_locked
     def _special(self, fn) -> int:
         return int(fn(self.ptr))
 
@@ -88,34 +104,42 @@ class LlamaVocab:
     fim_mid = property(lambda self: self._special(lib.llama_vocab_fim_mid))
 
     @property
+    @_model_locked
     def add_bos(self) -> bool:
         """Whether the model wants a BOS token at the start of a prompt."""
         return bool(lib.llama_vocab_get_add_bos(self.ptr))
 
     @property
+    @_model_locked
     def add_eos(self) -> bool:
         return bool(lib.llama_vocab_get_add_eos(self.ptr))
 
+    @_model_locked
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT, ...)."""
         return bool(lib.llama_vocab_is_eog(self.ptr, self.check_token(token)))
 
+    @_model_locked
     def is_control(self, token: int) -> bool:
         return bool(lib.llama_vocab_is_control(self.ptr, self.check_token(token)))
 
+    @_model_locked
     def get_text(self, token: int) -> str:
         return ffi.string(lib.llama_vocab_get_text(self.ptr, self.check_token(token))).decode("utf-8", "replace")
 
     token_get_text = get_text
 
+    @_model_locked
     def get_score(self, token: int) -> float:
         return float(lib.llama_vocab_get_score(self.ptr, self.check_token(token)))
 
+    @_model_locked
     def get_attr(self, token: int) -> int:
         """Token attribute bit flags (``LLAMA_TOKEN_ATTR_*``)."""
         return int(lib.llama_vocab_get_attr(self.ptr, self.check_token(token)))
 
     # -- tokenization ----------------------------------------------------------------------
+    @_model_locked
     def tokenize(self, text: str | bytes, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Text to token ids. ``add_special`` adds BOS/EOS as the model wants; ``parse_special``
         turns special-token text such as ``<|im_start|>`` into its id."""
@@ -136,6 +160,7 @@ class LlamaVocab:
                 raise RuntimeError(f"llama_tokenize failed ({n})")
         return ffi.unpack(buf, n)
 
+    @_model_locked
     def token_to_bytes(self, token: int, special: bool = True, lstrip: int = 0) -> bytes:
         """The raw bytes of one token (may be part of a multi-byte UTF-8 character)."""
         ptr = self.ptr
@@ -152,6 +177,7 @@ class LlamaVocab:
         """The text of one token (invalid partial UTF-8 is replaced)."""
         return self.token_to_bytes(token, special=special, lstrip=lstrip).decode("utf-8", "replace")
 
+    @_model_locked
     def detokenize_bytes(self, tokens: Iterable[int], remove_special: bool = False,
                          unparse_special: bool = False) -> bytes:
         arr = self.check_tokens(list(tokens) if not isinstance(tokens, (list, tuple, np.ndarray)) else tokens)

@@ -481,11 +481,12 @@ class Llama(CompletionMixin):
                 raise
             self.input_ids[n_past:n_past + m] = chunk
             if all_logits:
-                rows = ctx.get_logits()
-                if store:
-                    self.scores[n_past:n_past + m, :] = rows
-                if on_rows is not None:
-                    on_rows(n_past, rows)
+                with ctx._busy:  # read llama.cpp's buffer in place, before anything can close it
+                    rows = ctx.get_logits(copy=False)
+                    if store:
+                        self.scores[n_past:n_past + m, :] = rows
+                    if on_rows is not None:
+                        on_rows(n_past, rows)
             self.n_tokens += m
             self._requires_eval = False
 
