@@ -1,6 +1,6 @@
 """cyllama: fast local LLM inference on llama.cpp (and speech-to-text on whisper.cpp)."""
 
-from ._errors import ClosedError, CyllamaError, DecodeError, ModelLoadError
+from ._errors import ClosedError, CyllamaError, DecodeError, ModelLoadError, RpcError
 from ._ffi import LibraryNotFoundError
 from ._logging import set_verbose
 from ._version import __version__
@@ -43,7 +43,7 @@ __all__ = [
     "LlamaSamplerChainParams", "LlamaVocab", "LlamaBatch", "llama_batch_get_one", "GGUFContext",
     "ggml_backend_load_all", "ggml_backend_offload_supported", "ggml_backend_metal_set_n_cb",
     "system_info", "available_backends", "set_verbose",
-    "CyllamaError", "ModelLoadError", "DecodeError", "ClosedError", "LibraryNotFoundError",
+    "CyllamaError", "ModelLoadError", "DecodeError", "ClosedError", "RpcError", "LibraryNotFoundError",
 ]
 
 # Loaded on first use: they pull in Jinja2 templates, the llama-cpp-python compatibility layer and

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CyllamaError", "ModelLoadError", "DecodeError", "ClosedError", "check_path"]
+__all__ = ["CyllamaError", "ModelLoadError", "DecodeError", "ClosedError", "RpcError", "check_path"]
 
 import os
 from pathlib import Path
@@ -26,6 +26,11 @@ class DecodeError(CyllamaError):
 
 class ClosedError(CyllamaError, ValueError):
     """An object was used after close()."""
+
+
+class RpcError(CyllamaError, ConnectionError):
+    """An RPC server (llama.cpp's ``rpc-server``) cannot be used: unreachable, refusing connections,
+    busy with another client, not an rpc-server, or another protocol version."""
 
 
 _DECODE_CODES = {

@@ -60,12 +60,18 @@ class LLM:
     OpenAI content parts (``{"type": "image_url", "image_url": {"url": "data:..." | path}}``,
     ``{"type": "input_audio", ...}``); an image already in the KV cache from an earlier turn is
     not encoded again.
+
+    Several machines: ``rpc_servers`` (``["host:port", ...]`` or ``"host:port,host:port"``) puts
+    the offloaded layers on llama.cpp ``rpc-server`` processes (``cyllama rpc-server``), checked
+    before use (:class:`~cyllama.RpcError` when one cannot be used); ``tensor_split`` gives each
+    device's share (RPC servers in order, then local GPUs). A draft model stays local.
     """
 
     def __init__(self, model_path: str | os.PathLike, config: GenerationConfig | None = None,
                  verbose: bool = False, *, chat_template: str | None = None,
                  draft_model: "str | os.PathLike | LLM | LlamaModel | None" = None,
                  speculative: SpeculativeParams | None = None, mmproj: str | os.PathLike | None = None,
+                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None,
                  **kwargs: Any):
         if config is not None and not isinstance(config, GenerationConfig):
             raise TypeError(f"config must be a GenerationConfig, got {type(config).__name__}")
@@ -78,7 +84,9 @@ class LLM:
                                                      kwargs.get("n_batch") or 512)
         self.config = (config or GenerationConfig()).replace(**kwargs)
         self.verbose = verbose
-        self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=self.config.n_gpu_layers), verbose=verbose)
+        model_params = LlamaModelParams(n_gpu_layers=self.config.n_gpu_layers, rpc_servers=rpc_servers,
+                                        tensor_split=tensor_split)
+        self.model = LlamaModel(model_path, model_params, verbose=verbose)
         if config is None:  # the model's recommended sampling, where the caller set nothing
             recommended = {k: v for k, v in model_sampling_defaults(self.model).items() if k not in kwargs}
             if recommended:

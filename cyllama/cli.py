@@ -1,4 +1,5 @@
-"""Command line: ``cyllama info`` and ``cyllama generate`` (also ``python -m cyllama``)."""
+"""Command line: ``cyllama info``, ``generate``, ``chat``, ``serve``, ``rpc-server`` and ``transcribe``
+(also ``python -m cyllama``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import os
 import sys
 from typing import Sequence
+
+from ._errors import RpcError
 
 __all__ = ["main"]
 
@@ -70,7 +73,7 @@ def _load(args: argparse.Namespace):
         kw["n_threads"] = args.threads
     if getattr(args, "mmproj", None):
         kw["mmproj"] = args.mmproj
-    return LLM(model_path, verbose=args.verbose, **kw)
+    return LLM(model_path, verbose=args.verbose, rpc_servers=args.rpc, tensor_split=args.tensor_split, **kw)
 
 
 def _schema_arg(args: argparse.Namespace) -> dict | None:
@@ -151,7 +154,8 @@ def _serve(args: argparse.Namespace) -> int:
               n_threads=args.threads or None, api_key=args.api_key or None, max_queue=args.max_queue,
               model_alias=args.alias, cors_origins=args.cors_origin or None, lookup=args.lookup,
               mmproj=args.mmproj, allow_image_urls=args.allow_image_urls, draft_model=args.draft_model,
-              draft_max=args.draft_max, whisper_model=args.whisper_model)
+              draft_max=args.draft_max, whisper_model=args.whisper_model, rpc_servers=args.rpc,
+              tensor_split=args.tensor_split)
     if args.mongoose:
         import signal
         import threading
@@ -173,6 +177,42 @@ def _serve(args: argparse.Namespace) -> int:
 
     start_server(model_path, args.host, args.port, **kw)
     return 0
+
+
+def _rpc_server(args: argparse.Namespace) -> int:
+    from .server.rpc_server import SECURITY_WARNING, find_rpc_server_binary, is_loopback, rpc_server_command
+
+    binary = find_rpc_server_binary()
+    cmd = rpc_server_command(binary, args.host, args.port, n_threads=args.threads or None, cache=args.cache,
+                             devices=args.device)
+    where = "" if is_loopback(args.host) else f" (listening on {args.host}, not only this machine)"
+    print(f"cyllama: WARNING{where}: {SECURITY_WARNING}", file=sys.stderr)
+    print(f"cyllama: clients use rpc_servers=[\"{args.host}:{args.port}\"] or --rpc {args.host}:{args.port}; "
+          "one client at a time", file=sys.stderr, flush=True)
+    if os.name == "posix":
+        import signal
+
+        # ignored across exec: a client that disconnects mid-answer must not end the server (SIGPIPE)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        os.execv(cmd[0], cmd)  # the server replaces this process: signals reach it directly
+    import subprocess
+
+    return subprocess.call(cmd)
+
+
+def _tensor_split(text: str) -> list[float]:
+    """``3,1`` (llama.cpp's -ts form) as proportions."""
+    try:
+        return [float(x) for x in text.replace("/", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 3,1; got {text!r}") from None
+
+
+def _multi_host(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rpc", metavar="HOST:PORT,...", help="put the model's layers on these llama.cpp rpc-servers "
+                   "(started with `cyllama rpc-server` on each machine)")
+    p.add_argument("-ts", "--tensor-split", type=_tensor_split, metavar="N,N,...",
+                   help="share of the layers per device: the RPC servers in order, then local GPUs (e.g. 3,1)")
 
 
 def _transcribe(args: argparse.Namespace) -> int:
@@ -232,6 +272,7 @@ def _common(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("-ngl", "--n-gpu-layers", type=int, default=99)
     p.add_argument("-q", "--quiet", action="store_true", help="no statistics line")
     p.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
+    _multi_host(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,7 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-image-urls", action="store_true", help="download http(s) image URLs in requests "
                    "(64 MB, 15 s limits; off by default: data: URLs only)")
     s.add_argument("--mongoose", action="store_true", help="serve with the Mongoose C event loop (cymongoose)")
+    _multi_host(s)
     s.set_defaults(fn=_serve)
+    r = sub.add_parser("rpc-server", help="lend this machine to a model loaded elsewhere (llama.cpp's rpc-server; "
+                       "no authentication: loopback or a trusted private network only)")
+    r.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    r.add_argument("--port", type=int, default=50052)
+    r.add_argument("--cache", action="store_true", help="keep large tensors in a local file cache, so that "
+                   "loading the same model again sends less")
+    r.add_argument("-t", "--threads", type=int, default=0, help="CPU threads (default: rpc-server's)")
+    r.add_argument("-d", "--device", help="ggml devices to offer, comma-separated (default: the GPUs, else the CPU)")
+    r.set_defaults(fn=_rpc_server)
     return ap
 
 
@@ -319,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.fn(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, PermissionError, RpcError) as exc:
         print(f"cyllama: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -38,8 +38,9 @@ DEFINES = ["-DGGML_API=", "-DGGML_BACKEND_API=", "-DGGML_RESTRICT=", "-DGGML_NOR
            "-DGGML_ATTRIBUTE_FORMAT(...)=", "-DGGML_DEPRECATED(f,h)=f",
            "-DDEPRECATED(f,h)=f", "-DMTMD_API=", "-DLLAMA_API=", "-DWHISPER_API="]
 
-# The ggml declarations cyllama needs: the types the other headers use, backend discovery and
-# the helpers behind system info. Anything named here is copied verbatim from the ggml headers.
+# The ggml declarations cyllama needs: the types the other headers use, backend discovery (and
+# backend-specific entry points such as the RPC backend's ggml_backend_rpc_add_server, found through
+# ggml_backend_reg_get_proc_address), the abort hook and the helpers behind system info. Anything named here is copied verbatim from the ggml headers.
 GGML_WANTED = {
     "enum": ["ggml_status", "ggml_type", "ggml_log_level", "ggml_numa_strategy", "ggml_sched_priority",
              "ggml_backend_dev_type", "ggml_opt_optimizer_type", "ggml_backend_buffer_usage"],
@@ -49,7 +50,7 @@ GGML_WANTED = {
                 "ggml_backend_dev_t", "ggml_backend_buffer_type_t", "ggml_backend_buffer_t",
                 "ggml_backend_reg_t", "ggml_backend_t", "ggml_threadpool_t", "ggml_opt_dataset_t",
                 "ggml_opt_context_t", "ggml_opt_result_t", "ggml_opt_get_optimizer_params",
-                "ggml_opt_epoch_callback", "ggml_fp16_t"],
+                "ggml_opt_epoch_callback", "ggml_fp16_t", "ggml_abort_callback_t"],
     "function": [
         "ggml_time_init", "ggml_time_ms", "ggml_time_us", "ggml_type_name", "ggml_type_size",
         "ggml_blck_size", "ggml_type_sizef", "ggml_is_quantized", "ggml_log_set", "ggml_nelements",
@@ -57,6 +58,7 @@ GGML_WANTED = {
         "ggml_backend_load_all", "ggml_backend_load_all_from_path", "ggml_backend_load",
         "ggml_backend_reg_count", "ggml_backend_reg_get", "ggml_backend_reg_by_name",
         "ggml_backend_reg_name", "ggml_backend_reg_dev_count", "ggml_backend_reg_dev_get",
+        "ggml_backend_reg_get_proc_address", "ggml_set_abort_callback",
         "ggml_backend_dev_count", "ggml_backend_dev_get", "ggml_backend_dev_by_name",
         "ggml_backend_dev_by_type", "ggml_backend_dev_name", "ggml_backend_dev_description",
         "ggml_backend_dev_memory", "ggml_backend_dev_type", "ggml_backend_dev_get_props",

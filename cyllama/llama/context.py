@@ -95,7 +95,7 @@ class LlamaContext(NativeHandle):
         if ptr == ffi.NULL:
             why = "; ".join(_logging.last_errors()[before:][-3:]) or "llama.cpp could not create it"
             raise CyllamaError(f"failed to create a context for {model.path.name}: {why}")
-        self._adopt(ptr, lib.llama_free)
+        self._adopt(ptr, model._free_fn(lib.llama_free))
         model._dependents.add(self)
         self._mem = lib.llama_get_memory(ptr)
         self.n_ctx = int(lib.llama_n_ctx(ptr))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _logging
-from .._errors import ModelLoadError, check_path
+from .._errors import ModelLoadError, RpcError, check_path
 from .._ffi import ffi
 from ._backend import ensure_backend, lib
 from ._handle import NativeHandle, guarded
@@ -23,12 +25,18 @@ _LOAD_MODES = {"none": 0, "mmap": 1, "mlock": 2, "mmap_mlock": 3, "direct_io": 4
 
 
 class LlamaModelParams(StructParams):
-    """How a model is loaded (``struct llama_model_params``)."""
+    """How a model is loaded (``struct llama_model_params``).
 
-    __slots__ = ()
+    ``rpc_servers`` (``["host:port", ...]`` or ``"host:port,host:port"``) places the offloaded
+    layers on llama.cpp ``rpc-server`` processes on other machines (see :mod:`cyllama.llama.rpc`);
+    ``tensor_split`` gives each device's share of the layers, in the order RPC servers, then local
+    GPUs (``None``: by free memory, as llama.cpp does).
+    """
+
+    __slots__ = ("_rpc_servers",)
     _ctype = "struct llama_model_params"
     _defaults = lib.llama_model_default_params
-    _extra = ("use_mmap", "use_mlock")
+    _extra = ("use_mmap", "use_mlock", "tensor_split", "rpc_servers")
 
     n_gpu_layers = int32("layers to offload to the GPU; negative = all")
     split_mode = Field(int, 0, 3, "how to split the model across GPUs (0 none, 1 layer, 2 row, 3 tensor)",
@@ -40,6 +48,50 @@ class LlamaModelParams(StructParams):
     check_tensors = Field(bool, doc="validate tensor data while loading")
     use_extra_bufts = Field(bool, doc="use extra buffer types (weight repacking)")
     no_host = Field(bool, doc="bypass the host buffer")
+
+    def _after_defaults(self) -> None:
+        object.__setattr__(self, "_rpc_servers", ())
+
+    @property
+    def rpc_servers(self) -> tuple[str, ...]:
+        """The ``host:port`` of each RPC server the model's layers go to (empty: local only)."""
+        return self._rpc_servers
+
+    @rpc_servers.setter
+    def rpc_servers(self, value: str | Sequence[str] | None) -> None:
+        from .rpc import parse_rpc_servers
+
+        object.__setattr__(self, "_rpc_servers", parse_rpc_servers(value))
+
+    @property
+    def tensor_split(self) -> list[float] | None:
+        """Each device's proportion of the model (layers, or rows with split_mode row)."""
+        split = self._keepalive.get("tensor_split_list")
+        return list(split) if split is not None else None
+
+    @tensor_split.setter
+    def tensor_split(self, value: Sequence[float] | None) -> None:
+        if value is None:
+            self._keepalive.pop("tensor_split", None)
+            self._keepalive.pop("tensor_split_list", None)
+            self._struct.tensor_split = ffi.NULL
+            return
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+            raise TypeError(f"tensor_split must be a sequence of numbers, got {type(value).__name__}")
+        n_max = int(lib.llama_max_devices())
+        if len(value) > n_max:
+            raise ValueError(f"tensor_split has {len(value)} entries; llama.cpp supports at most {n_max} devices")
+        split = []
+        for v in value:
+            f = Field(float).check(v)
+            if not math.isfinite(f) or f < 0:
+                raise ValueError(f"tensor_split entries must be finite and >= 0, got {v!r}")
+            split.append(f)
+        arr = ffi.new("float[]", n_max)
+        arr[0:len(split)] = split
+        self._keepalive["tensor_split"] = arr
+        self._keepalive["tensor_split_list"] = split
+        self._struct.tensor_split = arr
 
     @property
     def use_mmap(self) -> bool:
@@ -94,15 +146,56 @@ class LlamaModel(NativeHandle):
         if not isinstance(self.params, LlamaModelParams):
             raise TypeError(f"params must be LlamaModelParams, got {type(params).__name__}")
         self._dependents: weakref.WeakSet = weakref.WeakSet()
+        self.rpc_servers: tuple[str, ...] = self.params.rpc_servers
         before = len(_logging.last_errors())
-        ptr = lib.llama_model_load_from_file(os.fsencode(self.path), self.params.value)
+        if self.rpc_servers:
+            from . import rpc
+
+            if self.params.n_gpu_layers == 0 and not self.params.vocab_only:
+                warnings.warn("rpc_servers with n_gpu_layers=0 puts no layer on the RPC servers; "
+                              "use n_gpu_layers=-1 (all) or a layer count", stacklevel=2)
+            ptr = rpc.load_model(self.rpc_servers, self._load)
+            free = rpc.guarded_free(lib.llama_model_free, self.rpc_servers, release=True)
+        else:
+            ptr = self._load(None)
+            free = lib.llama_model_free
         if ptr == ffi.NULL:
             why = "; ".join(_logging.last_errors()[before:][-3:]) or "llama.cpp could not load it"
             raise ModelLoadError(f"failed to load model {self.path}: {why}")
-        self._adopt(ptr, lib.llama_model_free)
+        self._adopt(ptr, free)
         self._vocab_ptr = lib.llama_model_get_vocab(ptr)
         self._vocab: LlamaVocab | None = None
         self._metadata: dict[str, str] | None = None
+
+    def _load(self, devices: list[Any] | None) -> Any:
+        """llama_model_load_from_file with the params, placed on ``devices`` when given."""
+        if devices is None:
+            return lib.llama_model_load_from_file(os.fsencode(self.path), self.params.value)
+        params = ffi.new("struct llama_model_params *", self.params.value)
+        dev_list = ffi.new("ggml_backend_dev_t[]", [*devices, ffi.NULL])
+        params.devices = dev_list  # llama.cpp copies the list
+        return lib.llama_model_load_from_file(os.fsencode(self.path), params[0])
+
+    def _free_fn(self, free: Any) -> Any:
+        """``free`` for a native object holding memory on this model's devices (a context)."""
+        if not self.rpc_servers:
+            return free
+        from .rpc import guarded_free
+
+        return guarded_free(free, self.rpc_servers)
+
+    def check_rpc_servers(self) -> None:
+        """Raises :class:`~cyllama.RpcError` when an RPC server the model is placed on refuses
+        connections (it died or stopped: ggml-rpc would abort the process at the next call there).
+        Does nothing for a local model. A server that dies during a call still ends the process."""
+        if self.rpc_servers:
+            from .rpc import refuses_connections
+
+            self.ptr  # raises when closed
+            gone = [e for e in self.rpc_servers if refuses_connections(e)]
+            if gone:
+                raise RpcError(f"RPC server(s) {', '.join(gone)} of model {self.path.name} refuse connections: "
+                               "restart them, then this process (the model's memory there is lost)")
 
     def _before_close(self) -> None:
         for dep in list(self._dependents):

@@ -88,6 +88,7 @@ class Llama(CompletionMixin):
         split_mode: int = _C.LLAMA_SPLIT_MODE_LAYER,
         main_gpu: int = 0,
         tensor_split: Optional[List[float]] = None,
+        rpc_servers: Optional[Union[str, List[str]]] = None,
         vocab_only: bool = False,
         use_mmap: bool = True,
         use_mlock: bool = False,
@@ -146,7 +147,8 @@ class Llama(CompletionMixin):
         self.model_path = os.fspath(model_path)
         self._init_kwargs = dict(
             n_gpu_layers=n_gpu_layers, split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split,
-            vocab_only=vocab_only, use_mmap=use_mmap, use_mlock=use_mlock, kv_overrides=kv_overrides, seed=seed,
+            rpc_servers=rpc_servers, vocab_only=vocab_only, use_mmap=use_mmap, use_mlock=use_mlock,
+            kv_overrides=kv_overrides, seed=seed,
             n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_threads=n_threads, n_threads_batch=n_threads_batch,
             rope_scaling_type=rope_scaling_type, pooling_type=pooling_type, attention_type=attention_type,
             rope_freq_base=rope_freq_base, rope_freq_scale=rope_freq_scale, yarn_ext_factor=yarn_ext_factor,
@@ -176,11 +178,9 @@ class Llama(CompletionMixin):
             if len(tensor_split) > n_dev:
                 raise ValueError(f"Attempt to split tensors that exceed maximum supported devices. "
                                  f"Current LLAMA_MAX_DEVICES={n_dev}")
-            arr = ffi.new("float[]", n_dev)
-            for i, v in enumerate(tensor_split):
-                arr[i] = float(v)
-            mp._keepalive["tensor_split"] = arr
-            mp._struct.tensor_split = arr
+            mp.tensor_split = tensor_split
+        self.rpc_servers = rpc_servers
+        mp.rpc_servers = rpc_servers  # "host:port,host:port" or a list: layers on llama.cpp rpc-servers
         mp.vocab_only = bool(vocab_only)
         use_mmap = bool(use_mmap) and lora_path is None
         mp.load_mode = (3 if use_mlock else 1) if use_mmap else (2 if use_mlock else 0)

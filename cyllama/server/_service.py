@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .._config import model_sampling_defaults
 from .._embedding import Embedder
@@ -29,8 +29,11 @@ class ModelService:
                  model_alias: str | None = None, n_batch: int = 512, chat_template: str | None = None,
                  lookup: int = 0, mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
-                 whisper_model: str | os.PathLike | None = None):
-        self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers))
+                 whisper_model: str | os.PathLike | None = None,
+                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None):
+        # rpc_servers: the model's layers on llama.cpp rpc-servers (the draft model stays local)
+        self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers,
+                                                             tensor_split=tensor_split))
         self.mtmd = None
         self.draft_model: LlamaModel | None = None
         try:

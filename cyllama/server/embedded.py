@@ -21,7 +21,7 @@ import json
 import os
 import threading
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Sequence
 
 try:
     from fastapi import FastAPI, Request
@@ -341,7 +341,8 @@ class EmbeddedServer:
                  cors_origins: list[str] | None = None, lookup: int = 0,
                  mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
-                 whisper_model: str | os.PathLike | None = None):
+                 whisper_model: str | os.PathLike | None = None,
+                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None):
         self.host, self.port = host, port
         self.api_key = api_key
         self.log_level = log_level
@@ -349,7 +350,8 @@ class EmbeddedServer:
                                     n_threads=n_threads, max_queue=max_queue, model_alias=model_alias,
                                     chat_template=chat_template, lookup=lookup, mmproj=mmproj,
                                     allow_image_urls=allow_image_urls, draft_model=draft_model,
-                                    draft_max=draft_max, whisper_model=whisper_model)
+                                    draft_max=draft_max, whisper_model=whisper_model,
+                                    rpc_servers=rpc_servers, tensor_split=tensor_split)
         self.app = create_app(self.service, api_key, cors_origins=cors_origins)
         self._server: Any = None
         self._thread: threading.Thread | None = None

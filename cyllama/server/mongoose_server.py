@@ -15,7 +15,7 @@ import asyncio
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 from ._service import ModelService
 from .embedded import create_app
@@ -68,7 +68,8 @@ class MongooseServer:
                  chat_template: str | None = None, cors_origins: list[str] | None = None, lookup: int = 0,
                  mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
-                 whisper_model: str | os.PathLike | None = None):
+                 whisper_model: str | os.PathLike | None = None,
+                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None):
         self._asgi = _require_cymongoose()
         self.host = host
         self.port = port if port else _free_port(host)
@@ -76,7 +77,8 @@ class MongooseServer:
                                     n_threads=n_threads, max_queue=max_queue, model_alias=model_alias,
                                     chat_template=chat_template, lookup=lookup, mmproj=mmproj,
                                     allow_image_urls=allow_image_urls, draft_model=draft_model,
-                                    draft_max=draft_max, whisper_model=whisper_model)
+                                    draft_max=draft_max, whisper_model=whisper_model,
+                                    rpc_servers=rpc_servers, tensor_split=tensor_split)
         self.app = _CloseAfterResponse(create_app(self.service, api_key, cors_origins=cors_origins))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None

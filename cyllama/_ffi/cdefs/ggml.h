@@ -19,6 +19,10 @@ struct ggml_opt_dataset;
 struct ggml_opt_context;
 struct ggml_opt_result;
 
+typedef void (*ggml_abort_callback_t)(const char * error_message);
+
+ggml_abort_callback_t ggml_set_abort_callback(ggml_abort_callback_t callback);
+
 enum ggml_status {
         GGML_STATUS_ALLOC_FAILED = -2,
         GGML_STATUS_FAILED = -1,
@@ -237,6 +241,8 @@ const char * ggml_backend_reg_name(ggml_backend_reg_t reg);
 size_t ggml_backend_reg_dev_count(ggml_backend_reg_t reg);
 
 ggml_backend_dev_t ggml_backend_reg_dev_get(ggml_backend_reg_t reg, size_t index);
+
+void * ggml_backend_reg_get_proc_address(ggml_backend_reg_t reg, const char * name);
 
 size_t ggml_backend_reg_count(void);
 
