@@ -8,6 +8,7 @@ accept a divergence only where the two tokens are near-tied (as tests/test_specu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socket
@@ -35,12 +36,14 @@ PROMPT = "The three primary colors are"
 N_PREDICT = 24
 
 
-def rss_mib(pid: int) -> float:
+def mem_mib(pid: int) -> float:
+    """The process's allocated data memory (VmData: what it allocated, whether or not the pages
+    are resident now, which depends on the machine's memory pressure)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith("VmData:"):
                 return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError("no VmData")
 
 
 def greedy_tokens(llm: LLM, prompt: list[int]) -> list[int]:
@@ -66,8 +69,8 @@ def assert_same_greedy(model: LlamaModel, prompt: list[int], expected: list[int]
     assert margin < NEAR_TIE, f"outputs part at token {i} where the model is sure (margin {margin:.3f})"
 
 
-@pytest.fixture(scope="module")
-def servers():
+@contextlib.contextmanager
+def two_servers():
     a, b = RpcServer(port=0, n_threads=1), RpcServer(port=0, n_threads=1)
     a.start()
     try:
@@ -76,6 +79,12 @@ def servers():
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.fixture(scope="module")
+def servers():
+    with two_servers() as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")
@@ -150,54 +159,59 @@ _BUFFER = re.compile(r"RPC\d+\[([\d.:]+)\] model buffer size =\s+([\d.]+) MiB")
 
 
 @pytest.fixture(scope="module")
-def placement(model_path, servers):
-    """Loads the model on the two servers: (MiB each server's memory grew by, the model buffer
-    sizes per endpoint from llama.cpp's log, the weights' MiB)."""
-    a, b = servers
-    before = rss_mib(a.pid), rss_mib(b.pid)
+def placement(model_path):
+    """Loads the model on two fresh servers (memory growth is only meaningful on a server whose
+    allocator has not held a model before): (MiB each server's memory grew by, the model buffer
+    MiB on each server from llama.cpp's log, in server order, the weights' MiB, the MiB still
+    allocated after the model closed)."""
     lines: list[str] = []
 
     class Grab(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             lines.append(record.getMessage())
 
-    log = logging.getLogger("cyllama.native")
-    handler, level = Grab(), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    set_verbose(True)
-    try:
-        model = LlamaModel(model_path, LlamaModelParams(rpc_servers=[a.endpoint, b.endpoint]))
-    finally:
-        set_verbose(False)
-        log.removeHandler(handler)
-        log.setLevel(level)
-    try:
-        grown = rss_mib(a.pid) - before[0], rss_mib(b.pid) - before[1]
-        buffers = {m.group(1): float(m.group(2)) for line in lines if (m := _BUFFER.search(line))}
-        return grown, buffers, model.size / (1 << 20)
-    finally:
-        model.close()
+    with two_servers() as (a, b):
+        before = mem_mib(a.pid), mem_mib(b.pid)
+        log = logging.getLogger("cyllama.native")
+        handler, level = Grab(), log.level
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+        set_verbose(True)
+        try:
+            model = LlamaModel(model_path, LlamaModelParams(rpc_servers=[a.endpoint, b.endpoint]))
+        finally:
+            set_verbose(False)
+            log.removeHandler(handler)
+            log.setLevel(level)
+        try:
+            grown = mem_mib(a.pid) - before[0], mem_mib(b.pid) - before[1]
+            buffers = {m.group(1): float(m.group(2)) for line in lines if (m := _BUFFER.search(line))}
+            assert set(buffers) == {a.endpoint, b.endpoint}, lines[-30:]
+            weights = model.size / (1 << 20)
+        finally:
+            model.close()
+        left = mem_mib(a.pid) - before[0], mem_mib(b.pid) - before[1]
+        return grown, [buffers[a.endpoint], buffers[b.endpoint]], weights, left
 
 
-def test_layers_go_to_the_remote_devices(servers, placement):
-    a, b = servers
-    grown, buffers, weights = placement
-    # every layer is offloaded: the servers' memory holds the weights (the input embeddings stay local)
-    assert grown[0] > 15 and grown[1] > 15, grown
-    assert sum(grown) > 0.6 * weights, (grown, weights)
-    assert set(buffers) == {a.endpoint, b.endpoint}
-    assert grown[0] >= 0.9 * buffers[a.endpoint] and grown[1] >= 0.9 * buffers[b.endpoint], (grown, buffers)
+def test_layers_go_to_the_remote_devices(placement):
+    grown, buffers, weights, left = placement
+    # every layer is offloaded: the servers allocate the model buffers llama.cpp reports for them
+    # (the weights but the input embeddings, which stay local)
+    assert sum(buffers) > 0.6 * weights and min(buffers) > 15, (buffers, weights)
+    for got, buffer in zip(grown, buffers):
+        assert 0.95 * buffer <= got <= buffer + 8, (grown, buffers)
+    assert max(left) < 4, left  # closing the model frees the remote memory
 
 
-def test_tensor_split_is_honoured(model_path, servers):
-    a, b = servers
-    before = rss_mib(a.pid), rss_mib(b.pid)
-    with LLM(model_path, n_threads=2, rpc_servers=[a.endpoint, b.endpoint], tensor_split=[1, 0]) as llm:
-        grown = rss_mib(a.pid) - before[0], rss_mib(b.pid) - before[1]
-        assert grown[0] > 0.6 * llm.model.size / (1 << 20), grown  # every layer on the first server
-        assert grown[1] < 8, grown
-        assert llm("The sky is", max_tokens=4, temperature=0)  # and it generates
+def test_tensor_split_is_honoured(model_path):
+    with two_servers() as (a, b):
+        before = mem_mib(a.pid), mem_mib(b.pid)
+        with LLM(model_path, n_threads=2, rpc_servers=[a.endpoint, b.endpoint], tensor_split=[1, 0]) as llm:
+            grown = mem_mib(a.pid) - before[0], mem_mib(b.pid) - before[1]
+            assert grown[0] > 0.6 * llm.model.size / (1 << 20), grown  # every layer on the first server
+            assert grown[1] < 8, grown
+            assert llm("The sky is", max_tokens=4, temperature=0)  # and it generates
 
 
 def test_two_models_share_a_server_in_one_process(model_path, servers):
@@ -235,7 +249,7 @@ def test_llama_server_through_the_same_rpc_servers_agrees(model_path, servers, l
         log = server.log_tail(2000)
     # llama.cpp places the layers as we do: the same model buffer on each server
     native_buffers = {m.group(1): float(m.group(2)) for line in log.splitlines() if (m := _BUFFER.search(line))}
-    assert native_buffers == placement[1]
+    assert [native_buffers.get(s.endpoint) for s in servers] == placement[1]
     with LLM(model_path, n_threads=2) as reference:
         assert_same_greedy(reference.model, prompt, expected, native)
 
@@ -324,6 +338,19 @@ def test_a_server_busy_with_another_client_is_a_clear_error(model_path, servers)
     assert a.is_running()  # and the abandoned handshake did not end it (SIGPIPE)
 
 
+def test_vocab_only_does_not_contact_the_servers(model_path):
+    model = LlamaModel(model_path, LlamaModelParams(vocab_only=True, rpc_servers=f"127.0.0.1:{_free_port()}"))
+    try:
+        assert model.rpc_servers == () and model.n_vocab > 0
+    finally:
+        model.close()
+
+
+def test_rpc_servers_with_no_offloaded_layers_warns(model_path, servers):
+    with pytest.warns(UserWarning, match="n_gpu_layers=0"):
+        LlamaModel(model_path, LlamaModelParams(n_gpu_layers=0, rpc_servers=servers[0].endpoint)).close()
+
+
 def test_bad_arguments_never_reach_ggml(model_path):
     with pytest.raises(ValueError):
         LLM(model_path, rpc_servers="localhost")
@@ -368,7 +395,7 @@ def test_a_server_dying_mid_generation_ends_the_client_with_a_clear_message(mode
                 proc.wait()
     assert time.monotonic() - t < 30  # ends, does not hang
     assert proc.returncode != 0
-    assert "Remote RPC server crashed" in err, err[-2000:]
+    assert "Remote RPC server crashed" in err or "Failed to connect" in err, err[-2000:]  # ggml-rpc's words
     assert f"it was using the RPC servers {server.endpoint}" in err and "restart the rpc-server" in err
 
 

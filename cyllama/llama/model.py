@@ -146,12 +146,13 @@ class LlamaModel(NativeHandle):
         if not isinstance(self.params, LlamaModelParams):
             raise TypeError(f"params must be LlamaModelParams, got {type(params).__name__}")
         self._dependents: weakref.WeakSet = weakref.WeakSet()
-        self.rpc_servers: tuple[str, ...] = self.params.rpc_servers
+        # a vocabulary-only load has no weights to place: it does not contact the servers
+        self.rpc_servers: tuple[str, ...] = () if self.params.vocab_only else self.params.rpc_servers
         before = len(_logging.last_errors())
         if self.rpc_servers:
             from . import rpc
 
-            if self.params.n_gpu_layers == 0 and not self.params.vocab_only:
+            if self.params.n_gpu_layers == 0:
                 warnings.warn("rpc_servers with n_gpu_layers=0 puts no layer on the RPC servers; "
                               "use n_gpu_layers=-1 (all) or a layer count", stacklevel=2)
             ptr = rpc.load_model(self.rpc_servers, self._load)
