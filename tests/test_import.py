@@ -75,3 +75,25 @@ def test_unwritable_bindings_module_falls_back_to_parsing(tmp_path):
     out = _python("import cyllama._ffi as f; print(type(f.ffi).__module__, f.ffi.typeof('llama_token'))", root)
     assert out.split()[0] == "cffi.api"
     assert bindings.is_dir()
+
+
+def test_every_c_type_the_package_names_parses_with_the_generated_module():
+    """The out-of-line module's type parser is stricter than cffi's (``void(const char *)`` fails
+    where ``void(*)(const char *)`` works): a type string only reached at run time would fail there."""
+    import re
+
+    from cyllama._ffi import ffi
+
+    pattern = re.compile(r'ffi\.(new|cast|callback|typeof|sizeof|from_buffer|offsetof|alignof)\(\s*(["\'])(.+?)\2')
+    bad = []
+    for path in (ROOT / "cyllama").rglob("*.py"):
+        if path.name == "_bindings.py":
+            continue
+        for m in pattern.finditer(path.read_text()):
+            kind, ctype = m.group(1), m.group(3)
+            try:
+                ffi.typeof(ctype)
+            except ffi.error as exc:
+                if not (kind == "callback" and "function type" in str(exc)):
+                    bad.append(f"{path.name}: {ctype!r}: {str(exc).splitlines()[0]}")
+    assert not bad, bad

@@ -190,7 +190,13 @@ def placement(model_path):
             weights = model.size / (1 << 20)
         finally:
             model.close()
-        left = mem_mib(a.pid) - before[0], mem_mib(b.pid) - before[1]
+        # the servers free asynchronously (ggml-rpc does not wait for the answer to a free)
+        deadline = time.monotonic() + 10
+        while True:
+            left = mem_mib(a.pid) - before[0], mem_mib(b.pid) - before[1]
+            if max(left) < 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         return grown, [buffers[a.endpoint], buffers[b.endpoint]], weights, left
 
 

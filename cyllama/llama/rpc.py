@@ -331,7 +331,7 @@ _previous_abort: Any = None
 _abort_installed = False
 
 
-@ffi.callback("void(const char *)", onerror=lambda *a: None)
+@ffi.callback("void(*)(const char *)", onerror=lambda *a: None)
 def _on_abort(message: Any) -> None:  # pragma: no cover - runs as the process ends
     text = ffi.string(message).decode("utf-8", "replace") if message != ffi.NULL else "ggml aborted"
     out = text.rstrip("\n") + "\n"
