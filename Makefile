@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn python-multipart httpx openai langchain-core langchain-openai langchain-tests==1.1.9 tqdm gguf cymongoose soundfile soxr scipy huggingface_hub
+DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn python-multipart httpx openai langchain-core langchain-openai langchain-tests==1.1.9 tqdm gguf cymongoose soundfile soxr scipy huggingface_hub selenium
 
 .PHONY: venv build run test bench info clean
 
@@ -32,6 +32,7 @@ info: build
 	$(PY) -m cyllama info
 
 test: build
+	sh tools/install_browser.sh
 	$(PY) -m pytest -q tests --benchmark-disable
 
 bench: build

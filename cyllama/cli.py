@@ -155,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
               model_alias=args.alias, cors_origins=args.cors_origin or None, lookup=args.lookup,
               mmproj=args.mmproj, allow_image_urls=args.allow_image_urls, draft_model=args.draft_model,
               draft_max=args.draft_max, whisper_model=args.whisper_model, rpc_servers=args.rpc,
-              tensor_split=args.tensor_split)
+              tensor_split=args.tensor_split, chat_page=not args.no_chat_page)
     if args.mongoose:
         import signal
         import threading
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require Authorization: Bearer KEY (default: $CYLLAMA_API_KEY)")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
     s.add_argument("--alias", help="model id reported to clients")
+    s.add_argument("--no-chat-page", action="store_true", help="do not serve the chat page at /")
     s.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the server (repeatable; '*' for any; off by default)")
     s.add_argument("--lookup", type=int, default=0, metavar="N",

@@ -1,6 +1,7 @@
 """The embedded OpenAI-compatible server: a FastAPI app over the continuous-batching engine.
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both stream as Server-Sent Events
+Routes: ``GET /`` (a chat page; ``chat_page=False`` or ``--no-chat-page`` turns it off),
+``GET /props``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (both stream as Server-Sent Events
 ending in ``data: [DONE]``), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``,
 ``GET /metrics`` (Prometheus text), ``POST /tokenize``, ``POST /detokenize``.
 
@@ -33,6 +34,7 @@ from .._generation import GenerationChunk
 from .._openai.schema import InvalidRequestError
 from .._openai.service import Plan
 from ._service import ApiError, ModelService
+from .chat_page import add_chat_page, add_props
 
 __all__ = ["create_app", "EmbeddedServer", "start_server"]
 
@@ -41,9 +43,11 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def create_app(service: ModelService, api_key: str | None = None, close_service: bool = False,
-               cors_origins: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> Any:
+               cors_origins: list[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+               chat_page: bool = True) -> Any:
     """The FastAPI application serving ``service``. ``cors_origins`` (off by default, since the
-    server may hold an API key) lets browser pages from those origins call it."""
+    server may hold an API key) lets browser pages from those origins call it; ``chat_page``
+    serves a chat page at ``/``."""
     from contextlib import asynccontextmanager
 
     from fastapi.exceptions import RequestValidationError
@@ -219,6 +223,10 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
     async def models() -> Any:
         return oa.models()
 
+    add_props(app, service)
+    if chat_page:
+        add_chat_page(app)
+
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> Any:
         return oa.model_info(model_id)
@@ -290,7 +298,8 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
 
 class _Guard:
     """Plain ASGI middleware (BaseHTTPMiddleware would hide client disconnects from streaming
-    handlers): counts requests and errors, and checks the API key on every route but /health."""
+    handlers): counts requests and errors, and checks the API key on every route but /health and
+    the chat page (which asks for the key)."""
 
     def __init__(self, app: Any, service: ModelService, api_key: str | None, max_body_bytes: int = MAX_BODY_BYTES):
         self.app, self.service, self.api_key, self.max_body = app, service, api_key, max_body_bytes
@@ -307,7 +316,8 @@ class _Guard:
                 err = ApiError(f"the request body is larger than {self.max_body} bytes", None, 413)
                 await JSONResponse(err.body(), status_code=413)(scope, receive, send)
                 return
-        if self.api_key and scope.get("path") != "/health" and scope.get("method") != "OPTIONS":
+        public = scope.get("path") == "/health" or (scope.get("path") == "/" and scope.get("method") == "GET")
+        if self.api_key and not public and scope.get("method") != "OPTIONS":
             auth = ""
             for k, v in scope.get("headers", []):
                 if k == b"authorization":
@@ -342,7 +352,8 @@ class EmbeddedServer:
                  mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
                  whisper_model: str | os.PathLike | None = None,
-                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None):
+                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None,
+                 chat_page: bool = True):
         self.host, self.port = host, port
         self.api_key = api_key
         self.log_level = log_level
@@ -352,7 +363,7 @@ class EmbeddedServer:
                                     allow_image_urls=allow_image_urls, draft_model=draft_model,
                                     draft_max=draft_max, whisper_model=whisper_model,
                                     rpc_servers=rpc_servers, tensor_split=tensor_split)
-        self.app = create_app(self.service, api_key, cors_origins=cors_origins)
+        self.app = create_app(self.service, api_key, cors_origins=cors_origins, chat_page=chat_page)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 

@@ -69,7 +69,8 @@ class MongooseServer:
                  mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
                  whisper_model: str | os.PathLike | None = None,
-                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None):
+                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None,
+                 chat_page: bool = True):
         self._asgi = _require_cymongoose()
         self.host = host
         self.port = port if port else _free_port(host)
@@ -79,7 +80,8 @@ class MongooseServer:
                                     allow_image_urls=allow_image_urls, draft_model=draft_model,
                                     draft_max=draft_max, whisper_model=whisper_model,
                                     rpc_servers=rpc_servers, tensor_split=tensor_split)
-        self.app = _CloseAfterResponse(create_app(self.service, api_key, cors_origins=cors_origins))
+        self.app = _CloseAfterResponse(create_app(self.service, api_key, cors_origins=cors_origins,
+                                                  chat_page=chat_page))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
