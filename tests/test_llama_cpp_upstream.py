@@ -126,17 +126,12 @@ def _module_names(source: str) -> dict[str, object]:
 #: llama-cpp-python names the drop-in leaves out on purpose, per module (see its docstrings).
 NOT_MIRRORED = {
     "_internals": {"CustomSampler"},  # a Python sampler as a ctypes callback: use a logits processor
-    # chat formats and handlers not ported yet (the prompt formats of llama-cpp-python's other
-    # registered formats, functionary, and the per-family multimodal handlers)
+    # the per-family multimodal handlers (MTMDChatHandler and Llava15ChatHandler are mirrored; the
+    # model's own template renders the rest), and module internals
     "llama_chat_format": {
-        "format", "format_oasst_llama", "format_baichuan2", "format_baichuan", "format_openbuddy",
-        "format_redpajama_incite", "format_snoozy", "format_phind", "format_intel", "format_open_orca",
-        "format_mistrallite", "format_pygmalion", "format_chatglm3", "format_saiga", "chatml_function_calling",
-        "hf_autotokenizer_to_chat_formatter", "hf_autotokenizer_to_chat_completion_handler",
-        "functionary_chat_handler", "functionary_v1_v2_chat_handler", "Gemma4ChatHandler", "ObsidianChatHandler",
+        "Gemma4ChatHandler", "ObsidianChatHandler",
         "MoondreamChatHandler", "Llava16ChatHandler", "NanoLlavaChatHandler", "Llama3VisionAlphaChatHandler",
-        "Llama3VisionAlpha", "MiniCPMv26ChatHandler", "Qwen25VLChatHandler", "Singleton", "logger",
-        "suppress_stdout_stderr", "llama",
+        "Llama3VisionAlpha", "MiniCPMv26ChatHandler", "Qwen25VLChatHandler", "Singleton", "logger", "llama",
     },
 }
 #: llama_cpp.llama_cpp functions the drop-in provides (the rest of the ctypes binding is not mirrored)

@@ -2,32 +2,42 @@
 
 A *chat formatter* turns messages into a prompt (:class:`ChatFormatterResponse`); a *chat
 completion handler* runs a formatter, generates with :meth:`Llama.create_completion` and returns
-OpenAI ``chat.completion`` dicts. Templates render in cyllama's sandboxed Jinja environment
-(:class:`cyllama.chat_template.ChatTemplate`), so a model's template cannot reach Python internals.
+OpenAI ``chat.completion`` dicts. A model's own template renders in cyllama's sandboxed Jinja
+environment (:class:`cyllama.chat_template.ChatTemplate`), so it cannot reach Python internals.
 
-Registered formats: ``chatml``, ``llama-2``, ``llama-3``, ``mistral-instruct``, ``gemma``, ``qwen``,
-``phi-3``, ``zephyr``, ``vicuna``, ``alpaca``, ``openchat`` (from
-:data:`cyllama.chat_template.KNOWN_TEMPLATES`); add more with :func:`register_chat_format` or
-:func:`register_chat_completion_handler`.
+Registered: llama-cpp-python's 23 prompt formats (``_chat_formats``: ``llama-2``, ``llama-3``,
+``alpaca``, ``qwen``, ``vicuna``, ``oasst_llama``, ``baichuan-2``, ``baichuan``, ``openbuddy``,
+``redpajama-incite``, ``snoozy``, ``phind``, ``intel``, ``open-orca``, ``mistrallite``, ``zephyr``,
+``pygmalion``, ``chatml``, ``mistral-instruct``, ``chatglm3``, ``openchat``, ``saiga``, ``gemma``),
+each rendering the prompt llama-cpp-python renders; its function-calling handlers ``functionary``,
+``functionary-v1``, ``functionary-v2`` and ``chatml-function-calling`` (``_function_calling``);
+and ``phi-3``. Add more with :func:`register_chat_format` or :func:`register_chat_completion_handler`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Protocol, Union
+import os
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Union
 
 import numpy as np
 import numpy.typing as npt
 
-from .._openai.tool_formats import ToolCallStream
 from .._openai.tools import plan_tools
-from ..chat_template import KNOWN_TEMPLATES, ChatTemplate, ChatTemplateError, get_template
-from ._common import LogitsProcessorList, StoppingCriteriaList
-from .llama_grammar import JSON_GBNF, LlamaGrammar
+from ..chat_template import ChatTemplate, ChatTemplateError, get_template
+from . import _chat_formats
+from ._chat_convert import (_convert_completion_to_chat, _convert_completion_to_chat_function,
+                            _convert_completion_to_chat_tools, _grammar_for_json_schema,
+                            _grammar_for_response_format)
+from ._chat_formats import FORMATS, ChatFormatterResponse
+from ._common import LogitsProcessorList, StoppingCriteriaList, suppress_stdout_stderr
+from .llama_grammar import LlamaGrammar
 
 if TYPE_CHECKING:
     from ._llama import Llama
+
+# format_llama2, format_chatml, ... (``format`` is vicuna's, as in llama-cpp-python)
+_formats_all = [n for n in _chat_formats.__all__ if n.startswith("format")]
+globals().update({n: getattr(_chat_formats, n) for n in _formats_all})
 
 __all__ = [
     "LlamaChatCompletionHandler", "LlamaChatCompletionHandlerNotFoundException",
@@ -35,7 +45,8 @@ __all__ = [
     "ChatFormatterResponse", "ChatFormatter", "Jinja2ChatFormatter", "chat_formatter_to_chat_completion_handler",
     "register_chat_format", "guess_chat_format_from_gguf_metadata", "hf_tokenizer_config_to_chat_formatter",
     "hf_tokenizer_config_to_chat_completion_handler", "CHATML_CHAT_TEMPLATE", "MISTRAL_INSTRUCT_CHAT_TEMPLATE",
-    "MIXTRAL_INSTRUCT_CHAT_TEMPLATE", "LLAMA3_INSTRUCT_CHAT_TEMPLATE",
+    "MIXTRAL_INSTRUCT_CHAT_TEMPLATE", "LLAMA3_INSTRUCT_CHAT_TEMPLATE", "hf_autotokenizer_to_chat_formatter",
+    "hf_autotokenizer_to_chat_completion_handler", "suppress_stdout_stderr",
 ]
 
 # Templates llama-cpp-python recognises in GGUF metadata (guess_chat_format_from_gguf_metadata).
@@ -120,17 +131,6 @@ def register_chat_completion_handler(name: str):
 
 
 # -- formatters ----------------------------------------------------------------------------------
-@dataclasses.dataclass
-class ChatFormatterResponse:
-    """A formatted prompt, the stop strings of its format, and whether the prompt already holds
-    the special tokens (BOS) the tokenizer would otherwise add."""
-
-    prompt: str
-    stop: Optional[Union[str, List[str]]] = None
-    stopping_criteria: Optional[StoppingCriteriaList] = None
-    added_special: bool = False
-
-
 class ChatFormatter(Protocol):
     def __call__(self, *, messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse: ...
 
@@ -167,200 +167,6 @@ class Jinja2ChatFormatter:
 
     def to_chat_handler(self) -> LlamaChatCompletionHandler:
         return chat_formatter_to_chat_completion_handler(self)
-
-
-# -- converting completions to chat completions --------------------------------------------------
-def _convert_text_completion_logprobs_to_chat(logprobs: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
-    if logprobs is None:
-        return None
-    return {
-        "content": [
-            {"token": token, "bytes": None, "logprob": logprob,
-             "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in (top or {}).items()]}
-            for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"])
-        ],
-        "refusal": None,
-    }
-
-
-def _convert_text_completion_to_chat(completion: Dict[str, Any]) -> Dict[str, Any]:
-    choice = completion["choices"][0]
-    return {
-        "id": "chat" + completion["id"],
-        "object": "chat.completion",
-        "created": completion["created"],
-        "model": completion["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": choice["text"]},
-                     "logprobs": _convert_text_completion_logprobs_to_chat(choice["logprobs"]),
-                     "finish_reason": choice["finish_reason"]}],
-        "usage": completion["usage"],
-    }
-
-
-def _convert_text_completion_chunks_to_chat(chunks: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
-    for i, chunk in enumerate(chunks):
-        choice = chunk["choices"][0]
-        if i == 0:
-            yield {"id": "chat" + chunk["id"], "model": chunk["model"], "created": chunk["created"],
-                   "object": "chat.completion.chunk",
-                   "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
-        yield {"id": "chat" + chunk["id"], "model": chunk["model"], "created": chunk["created"],
-               "object": "chat.completion.chunk",
-               "choices": [{"index": 0,
-                            "delta": {"content": choice["text"]} if choice["finish_reason"] is None else {},
-                            "logprobs": _convert_text_completion_logprobs_to_chat(choice["logprobs"]),
-                            "finish_reason": choice["finish_reason"]}]}
-
-
-def _convert_completion_to_chat(completion_or_chunks: Any, stream: bool = False) -> Any:
-    if stream:
-        return _convert_text_completion_chunks_to_chat(completion_or_chunks)
-    return _convert_text_completion_to_chat(completion_or_chunks)
-
-
-def _convert_completion_to_chat_function(tool_name: str, completion_or_chunks: Any, stream: bool) -> Any:
-    if not stream:
-        completion = completion_or_chunks
-        choice = completion["choices"][0]
-        tool_id = "call_" + "_0_" + tool_name + "_" + completion["id"]
-        return {
-            "id": "chat" + completion["id"],
-            "object": "chat.completion",
-            "created": completion["created"],
-            "model": completion["model"],
-            "choices": [{
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "function_call": {"name": tool_name, "arguments": choice["text"]},
-                    "tool_calls": [{"id": tool_id, "type": "function",
-                                    "function": {"name": tool_name, "arguments": choice["text"]}}],
-                },
-                "logprobs": _convert_text_completion_logprobs_to_chat(choice["logprobs"]),
-                "finish_reason": "tool_calls",
-            }],
-            "usage": completion["usage"],
-        }
-
-    def stream_chunks(chunks: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
-        head: Optional[Dict[str, Any]] = None
-        tool_id = ""
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            if head is None:
-                head = {"id": "chat" + chunk["id"], "object": "chat.completion.chunk", "created": chunk["created"],
-                        "model": chunk["model"]}
-                tool_id = "call_" + "_0_" + tool_name + "_" + chunk["id"]
-                yield {**head, "choices": [{"index": 0, "finish_reason": None, "logprobs": None,
-                                            "delta": {"role": "assistant", "content": None, "function_call": None,
-                                                      "tool_calls": None}}]}
-            if choice["finish_reason"] is not None:
-                continue
-            yield {**head, "choices": [{
-                "index": 0, "finish_reason": None,
-                "logprobs": _convert_text_completion_logprobs_to_chat(choice["logprobs"]),
-                "delta": {"role": None, "content": None,
-                          "function_call": {"name": tool_name, "arguments": choice["text"]},
-                          "tool_calls": [{"index": 0, "id": tool_id, "type": "function",
-                                          "function": {"name": tool_name, "arguments": choice["text"]}}]},
-            }]}
-        if head is not None:
-            yield {**head, "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
-                                        "delta": {"role": None, "content": None, "function_call": None,
-                                                  "tool_calls": None}}]}
-
-    return stream_chunks(completion_or_chunks)
-
-
-def _convert_completion_to_chat_tools(plan: Any, completion_or_chunks: Any, stream: bool) -> Any:
-    """A completion of a request with tools as a chat completion: the calls the model wrote (in its
-    family's syntax) as ``tool_calls``, streamed as OpenAI streams them."""
-    def new_stream() -> ToolCallStream:
-        return ToolCallStream(plan.fmt, plan.forced or plan.names, bool(plan.forced))
-
-    if not stream:
-        completion = completion_or_chunks
-        choice = completion["choices"][0]
-        st = new_stream()
-        st.feed(choice["text"])
-        st.finish()
-        content, calls = st.message()
-        message: Dict[str, Any] = {"role": "assistant", "content": content}
-        if calls:
-            message["tool_calls"] = calls
-            if len(calls) == 1:  # llama-cpp-python also fills the legacy field
-                message["function_call"] = dict(calls[0]["function"])
-        finish = "tool_calls" if st.complete and choice["finish_reason"] == "stop" else choice["finish_reason"]
-        return {"id": "chat" + completion["id"], "object": "chat.completion", "created": completion["created"],
-                "model": completion["model"],
-                "choices": [{"index": 0, "message": message,
-                             "logprobs": _convert_text_completion_logprobs_to_chat(choice["logprobs"]),
-                             "finish_reason": finish}],
-                "usage": completion["usage"]}
-
-    def stream_chunks(chunks: Iterator[Dict[str, Any]]) -> Iterator[Dict[str, Any]]:
-        st = new_stream()
-        head: Optional[Dict[str, Any]] = None
-        finish = None
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            if head is None:
-                head = {"id": "chat" + chunk["id"], "object": "chat.completion.chunk", "created": chunk["created"],
-                        "model": chunk["model"]}
-                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None,
-                                            "finish_reason": None}]}
-            for delta in ToolCallStream.deltas(st.feed(choice["text"])):
-                yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
-            if choice["finish_reason"] is not None:
-                finish = choice["finish_reason"]
-        if head is None:
-            return
-        for delta in ToolCallStream.deltas(st.finish()):
-            yield {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
-        finish = "tool_calls" if st.complete and finish == "stop" else finish
-        yield {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]}
-
-    return stream_chunks(completion_or_chunks)
-
-
-# -- grammars for constrained answers ------------------------------------------------------------
-def _grammar_for_json(verbose: bool = False) -> LlamaGrammar:
-    return LlamaGrammar.from_string(JSON_GBNF, verbose=verbose)
-
-
-def _grammar_for_json_schema(schema: Any, verbose: bool = False, fallback_to_json: bool = True) -> LlamaGrammar:
-    try:
-        return LlamaGrammar.from_json_schema(schema, verbose=verbose)
-    except ValueError as e:
-        if not fallback_to_json:
-            raise
-        warnings.warn(f"cannot turn the JSON schema into a grammar ({e}); constraining to any JSON object",
-                      stacklevel=3)
-        return _grammar_for_json(verbose=verbose)
-
-
-def _grammar_for_response_format(response_format: Dict[str, Any], verbose: bool = False) -> Optional[LlamaGrammar]:
-    """The grammar for ``{"type": "json_object"[, "schema": ...]}`` or ``{"type": "json_schema",
-    "json_schema": {"schema": ...}}``; None for ``{"type": "text"}``."""
-    if not isinstance(response_format, dict):
-        raise ValueError(f"response_format must be a dict, got {type(response_format).__name__}")
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        schema = response_format.get("schema")
-    elif kind == "json_schema":
-        wrapper = response_format.get("json_schema")
-        if not isinstance(wrapper, dict):
-            raise ValueError('response_format of type "json_schema" needs a "json_schema" object '
-                             '({"name": ..., "schema": {...}})')
-        schema = wrapper.get("schema")
-    else:
-        raise ValueError(f'response_format type must be "text", "json_object" or "json_schema", got {kind!r}')
-    if not schema:
-        return _grammar_for_json(verbose)
-    return _grammar_for_json_schema(schema, verbose)
 
 
 # -- formatter -> handler ------------------------------------------------------------------------
@@ -477,6 +283,32 @@ def guess_chat_format_from_gguf_metadata(metadata: Dict[str, str]) -> Optional[s
     return None
 
 
+def hf_autotokenizer_to_chat_formatter(pretrained_model_name_or_path: Union[str, "os.PathLike[str]"]) -> ChatFormatter:
+    """A formatter from a ``transformers`` tokenizer (``AutoTokenizer.from_pretrained``; needs the
+    ``transformers`` package): its ``apply_chat_template``, stopping at its EOS text."""
+    try:
+        from transformers import AutoTokenizer  # type: ignore[import-not-found]
+    except ImportError:
+        raise ImportError("hf_autotokenizer_to_chat_formatter needs the transformers package "
+                          "(pip install transformers); hf_tokenizer_config_to_chat_formatter reads a "
+                          "tokenizer_config.json without it") from None
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path)
+
+    def format_autotokenizer(messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse:
+        tokenizer.use_default_system_prompt = False
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        if not isinstance(prompt, str):
+            raise TypeError(f"apply_chat_template returned {type(prompt).__name__}, not the prompt text")
+        return ChatFormatterResponse(prompt=prompt, stop=tokenizer.eos_token, added_special=True)
+
+    return format_autotokenizer
+
+
+def hf_autotokenizer_to_chat_completion_handler(
+        pretrained_model_name_or_path: Union[str, "os.PathLike[str]"]) -> LlamaChatCompletionHandler:
+    return chat_formatter_to_chat_completion_handler(hf_autotokenizer_to_chat_formatter(pretrained_model_name_or_path))
+
+
 def hf_tokenizer_config_to_chat_formatter(tokenizer_config: Dict[str, Any],
                                           add_generation_prompt: bool = True) -> ChatFormatter:
     """A formatter from a Hugging Face ``tokenizer_config.json`` (its ``chat_template``,
@@ -510,72 +342,31 @@ def hf_tokenizer_config_to_chat_completion_handler(tokenizer_config: Dict[str, A
 
 
 # -- the registered formats ----------------------------------------------------------------------
-# Stop strings as llama-cpp-python's formats use them (phi-3 is new here).
-_FORMAT_STOPS: Dict[str, Optional[Union[str, List[str]]]] = {
-    "chatml": "<|im_end|>",
-    "llama-2": None,
-    "llama-3": "<|eot_id|>",
-    "mistral-instruct": "</s>",
-    "gemma": "<end_of_turn>",
-    "qwen": ["<|im_end|>", "<|endoftext|>"],
-    "phi-3": ["<|end|>", "<|endoftext|>"],
-    "zephyr": "</s>",
-    "vicuna": None,
-    "alpaca": None,
-    "openchat": "<|end_of_turn|>",
-}
+for _name, _f in FORMATS.items():  # llama-cpp-python's formats, rendered as there
+    register_chat_format(_name)(_f)
 
 
-def _known_format(name: str) -> ChatFormatter:
-    base = get_template(name)
-    # The tokenizer adds BOS where the model wants one, so a BOS the template writes first is dropped.
-    template = ChatTemplate(base.source, bos_token=base.bos_token, eos_token=base.eos_token, name=name, add_bos=True)
-    stop = _FORMAT_STOPS.get(name)
-
-    def formatter(*, messages: List[Dict[str, Any]], functions: Any = None, function_call: Any = None,
-                  tools: Optional[List[Dict[str, Any]]] = None, tool_choice: Any = None,
-                  **kwargs: Any) -> ChatFormatterResponse:
-        return ChatFormatterResponse(prompt=template.render(messages, add_generation_prompt=True, tools=tools,
-                                                            **kwargs), stop=stop)
-
-    formatter.__doc__ = f"The {name!r} chat format."
-    formatter.chat_template = template  # type: ignore[attr-defined]
-    return formatter
+def format_phi3(messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse:
+    """The ``phi-3`` format (cyllama's; llama-cpp-python has none): Phi-3's template."""
+    base = get_template("phi-3")
+    template = ChatTemplate(base.source, bos_token=base.bos_token, eos_token=base.eos_token, name="phi-3",
+                            add_bos=True)  # the tokenizer adds BOS
+    return ChatFormatterResponse(prompt=template.render(messages, add_generation_prompt=True),
+                                 stop=["<|end|>", "<|endoftext|>"])
 
 
-_FUNCTION_NAMES = {"llama-2": "format_llama2", "llama-3": "format_llama3", "phi-3": "format_phi3"}
-for _name in KNOWN_TEMPLATES:
-    _f = register_chat_format(_name)(_known_format(_name))
-    _f.__name__ = _FUNCTION_NAMES.get(_name, "format_" + _name.replace("-", "_"))
-    globals()[_f.__name__] = _f  # format_chatml, format_llama2, ... as in llama-cpp-python
-del _name, _f
+register_chat_format("phi-3")(format_phi3)
 
+from ._function_calling import (chatml_function_calling, functionary_chat_handler,  # noqa: E402
+                                functionary_v1_v2_chat_handler)
 
+register_chat_completion_handler("functionary")(functionary_chat_handler)
+register_chat_completion_handler("functionary-v1")(functionary_v1_v2_chat_handler)
+register_chat_completion_handler("functionary-v2")(functionary_v1_v2_chat_handler)
+register_chat_completion_handler("chatml-function-calling")(chatml_function_calling)
 
-@register_chat_format("mistral-instruct")
-def format_mistral_instruct(messages: List[Dict[str, Any]], **kwargs: Any) -> ChatFormatterResponse:
-    """llama-cpp-python's ``mistral-instruct`` format: ``[INST] user [/INST]answer</s>`` turns (no
-    BOS: the tokenizer adds it; system and tool messages are left out, as there)."""
-    eos = "</s>"
-    prompt = ""
-    for message in messages:
-        content = message.get("content")
-        if message["role"] == "user" and isinstance(content, str):
-            prompt += "[INST] " + content
-        elif message["role"] == "assistant" and content is not None:
-            prompt += " [/INST]" + content + eos
-    prompt += " [/INST]"
-    return ChatFormatterResponse(prompt=prompt, stop=eos)
-
-
-format_mistral_instruct.chat_template = _known_format("mistral-instruct").chat_template  # type: ignore[attr-defined]
-
-# llama-cpp-python's format for function calling on ChatML models: ChatML, the tools described in
-# the system message, calls written as JSON under a grammar (the generic tool-call family)
-register_chat_completion_handler("chatml-function-calling")(
-    chat_formatter_to_chat_completion_handler(_known_format("chatml")))
-
-__all__ += ["ChatTemplateError"]
+__all__ += ["ChatTemplateError", "format_phi3", "chatml_function_calling", "functionary_chat_handler",
+            "functionary_v1_v2_chat_handler", *_formats_all]
 
 from .llava import Llava15ChatHandler, MTMDChatHandler  # noqa: E402  (llama-cpp-python's import path)
 
