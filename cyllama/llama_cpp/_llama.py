@@ -952,25 +952,15 @@ class Llama(CompletionMixin):
                         local_dir: Optional[Union[str, "os.PathLike[str]"]] = None,
                         local_dir_use_symlinks: Any = "auto",
                         cache_dir: Optional[Union[str, "os.PathLike[str]"]] = None, **kwargs: Any) -> "Llama":
-        """Downloads ``filename`` (a name or a glob such as ``"*q4_0.gguf"``) from a Hugging Face
-        repository (honouring ``HF_ENDPOINT``, ``HF_TOKEN`` and ``HF_HUB_OFFLINE``) and loads it.
-        ``local_dir`` puts the file there instead of the cache; ``additional_files`` are fetched too."""
-        from .. import download
+        """Loads ``filename`` (a name or a glob such as ``"*q4_0.gguf"``) of a Hugging Face repository:
+        from the Hugging Face cache when it is there (``cache_dir``, else ``HF_HUB_CACHE``/``HF_HOME``),
+        else downloaded (honouring ``HF_ENDPOINT``, ``HF_TOKEN``; into cyllama's cache, or ``cache_dir``).
+        With ``HF_HUB_OFFLINE=1`` nothing is downloaded: a file in neither cache raises
+        ``huggingface_hub``'s ``LocalEntryNotFoundError`` (a ``FileNotFoundError``). ``local_dir``
+        puts the file there instead; ``additional_files`` are fetched too."""
+        from ._pretrained import resolve_pretrained
 
-        if not isinstance(filename, str) or not filename:
-            raise ValueError("filename (a file name or a glob pattern) is required")
-
-        def fetch(name: str) -> Path:
-            if local_dir is not None:
-                folder = Path(local_dir).expanduser()
-                folder.mkdir(parents=True, exist_ok=True)
-                return download.download_model(repo_id, filename=name, output_path=str(folder) + os.sep,
-                                               cache_dir=cache_dir, progress=False)
-            return download.hf_hub_file(repo_id, name, cache_dir=cache_dir, progress=False)
-
-        path = fetch(filename)
-        for extra in additional_files or []:
-            fetch(extra)
+        path = resolve_pretrained(repo_id, filename, additional_files, local_dir=local_dir, cache_dir=cache_dir)
         return cls(model_path=str(path), **kwargs)
 
 
