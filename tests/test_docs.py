@@ -2,9 +2,9 @@
 fail it), and every Python sample of the guide run against the default model.
 
 Each page's ``python`` blocks run in order as one script, in a fresh interpreter, in a folder
-where ``model.gguf`` is the default model, ``speech.wav`` whisper.cpp's JFK sample, and
-``mmproj.gguf`` / ``photo.png`` a tiny random projector and image (tests/tiny_mmproj.py), so the
-samples read as user code. A block right after ``<!-- skip: reason -->`` is not run (it needs a
+where ``model.gguf`` (and ``draft.gguf``) is the default model, ``speech.wav`` whisper.cpp's JFK
+sample, and ``mmproj.gguf`` / ``photo.png`` a tiny random projector and image
+(tests/tiny_mmproj.py), so the samples read as user code. A block right after ``<!-- skip: reason -->`` is not run (it needs a
 bigger model, a GPU or another machine): the reason is stated in the page source.
 """
 
@@ -82,6 +82,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     d = tmp_path_factory.mktemp("docs-run")
     (d / "model.gguf").symlink_to(_assets.default_model_path())
+    (d / "draft.gguf").symlink_to(_assets.default_model_path())  # "a smaller model" in the samples
     (d / "speech.wav").symlink_to(_assets.speech_sample_path())
     return d
 
