@@ -3,9 +3,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn python-multipart httpx openai langchain-core langchain-openai langchain-tests==1.1.9 tqdm gguf cymongoose soundfile soxr scipy huggingface_hub selenium
+DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn python-multipart httpx openai langchain-core langchain-openai langchain-tests==1.1.9 tqdm gguf cymongoose soundfile soxr scipy huggingface_hub selenium \
+         mkdocs 'mkdocstrings[python]' mkdocs-material nbclient nbformat ipykernel matplotlib
 
-.PHONY: venv build run test bench info clean
+.PHONY: venv build run test bench info docs clean
 
 STAMP  := $(VENV)/.deps-installed
 
@@ -34,6 +35,11 @@ info: build
 test: build
 	sh tools/install_browser.sh
 	$(PY) -m pytest -q tests --benchmark-disable
+
+# the documentation site (guide, migration guide, API reference from the docstrings) into site/;
+# --strict fails on a broken link, anchor or API reference (tests/test_docs.py does the same)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict -d site
 
 bench: build
 	$(PY) benchmarks/bench_import.py
