@@ -23,7 +23,7 @@ print(chat([{"role": "user", "content": "What is the capital of France?"}], path
 print("\n== multi-turn LLM.chat ==")
 messages = [{"role": "system", "content": "You are a helpful assistant. Answer briefly."}]
 questions = ["Name a fruit that is yellow.", "What colour is it when it is unripe?", "Thanks! Say goodbye."]
-with LLM(path, temperature=0, max_tokens=48) as llm:
+with LLM(path, temperature=0, max_tokens=32) as llm:
     for question in questions:
         messages.append({"role": "user", "content": question})
         print(f"user: {question}\nassistant: ", end="", flush=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Greedy generation with the core classes: model, context, batch, sampler.
 
-    python examples/core_generate.py ["prompt"]
+    python examples/core_generate.py [GGUF_PATH] ["prompt"]
 """
 
 import sys
@@ -12,9 +12,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cyllama import LlamaBatch, LlamaContext, LlamaContextParams, LlamaModel, LlamaSampler  # noqa: E402
 from cyllama._assets import default_model_path  # noqa: E402
 
-prompt = sys.argv[1] if len(sys.argv) > 1 else "The three primary colours are"
+path = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
+prompt = sys.argv[2] if len(sys.argv) > 2 else "The three primary colours are"
 
-with LlamaModel(default_model_path()) as model, LlamaContext(model, LlamaContextParams(n_ctx=512)) as ctx:
+with LlamaModel(path) as model, LlamaContext(model, LlamaContextParams(n_ctx=512)) as ctx:
     vocab = model.get_vocab()
     tokens = vocab.tokenize(prompt)
     batch = LlamaBatch(len(tokens))
@@ -24,7 +25,7 @@ with LlamaModel(default_model_path()) as model, LlamaContext(model, LlamaContext
     sampler = LlamaSampler().add_greedy()
     print(prompt, end="", flush=True)
     pos = len(tokens)
-    for _ in range(48):
+    for _ in range(32):
         tok = sampler.sample(ctx, -1)
         if vocab.is_eog(tok):
             break

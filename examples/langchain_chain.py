@@ -29,7 +29,7 @@ path = sys.argv[1] if len(sys.argv) > 1 else str(default_model_path())
 shared = LLM(path)  # one loaded model, shared by every LangChain object below
 
 # -- a completion model in an LCEL chain (the modern form of LLMChain) ---------------------------
-llm = CyllamaLLM(client=shared, temperature=0.7, max_tokens=64, seed=42)
+llm = CyllamaLLM(client=shared, temperature=0.7, max_tokens=40, seed=42)
 prompt = PromptTemplate.from_template("Explain {topic} in simple terms:")
 chain = prompt | llm | StrOutputParser()
 print("== invoke ==")
@@ -53,7 +53,7 @@ for topic, answer in zip(["gravity", "magnets"], chain.batch([{"topic": "gravity
     print(f"{topic}: {answer.strip()[:100]}")
 
 # -- a chat model: the model's own chat template ------------------------------------------------
-chat = ChatCyllama(client=shared, temperature=0, max_tokens=96)
+chat = ChatCyllama(client=shared, temperature=0, max_tokens=48)
 chat_chain = ChatPromptTemplate.from_messages([
     ("system", "You are a helpful assistant who answers in one sentence."),
     ("human", "{question}"),

@@ -20,7 +20,7 @@ path = sys.argv[1] if len(sys.argv) > 1 else str(default_model_path())
 llm = Llama(model_path=path, n_ctx=2048, n_gpu_layers=-1, seed=1, verbose=False)
 
 print("== create_completion ==")
-out = llm.create_completion("Q: What is the capital of France?\nA:", max_tokens=48, stop=["Q:", "\n"],
+out = llm.create_completion("Q: What is the capital of France?\nA:", max_tokens=32, stop=["Q:", "\n"],
                             temperature=0)
 print(out["choices"][0]["text"].strip())
 print(f"[usage: {out['usage']}, finish: {out['choices'][0]['finish_reason']}]")
@@ -33,12 +33,12 @@ print()
 print("\n== create_chat_completion ==")
 messages = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the capital of Italy?"}]
-resp = llm.create_chat_completion(messages=messages, max_tokens=48, temperature=0)
+resp = llm.create_chat_completion(messages=messages, max_tokens=32, temperature=0)
 print(resp["choices"][0]["message"]["content"])
 print(f"[{resp['usage']['prompt_tokens']} prompt + {resp['usage']['completion_tokens']} completion tokens]")
 
 print("\n== create_chat_completion(stream=True) ==")
-for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": "Count to 5"}], max_tokens=40,
+for chunk in llm.create_chat_completion(messages=[{"role": "user", "content": "Count to 5"}], max_tokens=32,
                                         stream=True):
     delta = chunk["choices"][0]["delta"]
     if "content" in delta and delta["content"]:

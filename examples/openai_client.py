@@ -19,14 +19,14 @@ from cyllama.integrations.openai_compat import OpenAICompatibleClient  # noqa: E
 
 path = sys.argv[1] if len(sys.argv) > 1 else default_model_path()
 
-with OpenAICompatibleClient(model_path=path, temperature=0.7, max_tokens=128) as client:
+with OpenAICompatibleClient(model_path=path, temperature=0.7, max_tokens=48) as client:
     response = client.chat.completions.create(
         messages=[
             {"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is Python?"},
         ],
         temperature=0.7,
-        max_tokens=100,
+        max_tokens=48,
         seed=1,
     )
     print("== chat ==")
@@ -36,7 +36,7 @@ with OpenAICompatibleClient(model_path=path, temperature=0.7, max_tokens=128) as
 
     print("\n== streaming ==")
     for chunk in client.chat.completions.create(messages=[{"role": "user", "content": "Count to 5"}],
-                                                stream=True, max_tokens=60):
+                                                stream=True, max_tokens=32):
         if chunk.choices[0].delta.content:
             print(chunk.choices[0].delta.content, end="", flush=True)
     print()
