@@ -13,7 +13,7 @@ Change ``from llama_cpp import Llama`` to ``from cyllama.llama_cpp import Llama`
 Return values are the dicts llama-cpp-python returns (OpenAI shapes). Differences:
 
 * the ctypes functions, structs and pointer types of ``llama_cpp.llama_cpp`` are not mirrored (its
-  LLAMA_*/GGML_* constants, ``llama_model_default_params()``, ``llama_context_default_params()``
+  ``LLAMA_*``/``GGML_*`` constants, ``llama_model_default_params()``, ``llama_context_default_params()``
   and ``llama_supports_*`` are; ``llama_cpp._internals`` wraps cyllama's core classes);
   ``Llama.ctx`` / ``Llama.model`` are cffi pointers for ``cyllama.llama._backend.lib``;
 * more is accepted: ``logprobs`` without ``logits_all=True``, ``echo`` while streaming,
