@@ -240,14 +240,14 @@ def test_close_is_idempotent_and_use_after_close_raises(whisper_model: Path) -> 
 
 
 def test_concurrent_use_raises(wctx: WhisperContext) -> None:
-    assert wctx._busy.acquire(blocking=False)  # as if another thread were inside whisper_full
+    assert wctx._running.acquire(blocking=False)  # as if another thread were inside whisper_full
     try:
         with pytest.raises(RuntimeError, match="another thread"):
             wctx.transcribe(np.zeros(16000, dtype=np.float32))
         with pytest.raises(RuntimeError, match="transcribing"):
             wctx.close()
     finally:
-        wctx._busy.release()
+        wctx._running.release()
     assert not wctx.closed
 
 
@@ -420,3 +420,29 @@ def test_transcribe_iter_yields_segments_as_they_come(wctx: WhisperContext, jfk:
     assert wctx.transcribe(jfk).text == jfk_result.text
     with pytest.raises(ValueError, match="empty"):
         next(wctx.transcribe_iter(np.zeros(0, dtype=np.float32)))
+
+
+def test_audio_routes_transcribe_concurrent_requests_on_states_of_one_model(jfk: Path, whisper_model: Path) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("python_multipart")
+    import concurrent.futures as cf
+
+    import requests
+
+    from cyllama import _assets
+    from cyllama.llama.server.embedded import EmbeddedServer
+
+    data = jfk.read_bytes()
+    with EmbeddedServer(_assets.default_model_path(), port=0, n_ctx=256, n_parallel=2,
+                        whisper_model=whisper_model) as s:
+        def one(_: int) -> str:
+            r = requests.post(s.base_url + "/v1/audio/transcriptions", files={"file": ("jfk.wav", data)},
+                              data={"model": "whisper-1"}, timeout=300)
+            assert r.status_code == 200, r.text
+            return r.json()["text"]
+
+        with cf.ThreadPoolExecutor(4) as ex:
+            texts = list(ex.map(one, range(4)))
+        svc = s.service
+        assert all(PHRASE in norm(t) for t in texts)
+        assert 1 <= svc._whisper_made <= 2 and len(svc._whisper_idle) == svc._whisper_made  # all back in the pool

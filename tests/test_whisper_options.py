@@ -278,14 +278,14 @@ def test_two_threads_transcribe_in_parallel_on_one_model(wctx: WhisperContext, j
     assert [ours(r) for r in results] == [ours(want)] * 2
     assert max(s[0] for s in spans) < min(s[-1] for s in spans)  # both were inside whisper_full at once
     # a state is one thread's: a second concurrent call raises
-    assert states[0]._busy.acquire(blocking=False)
+    assert states[0]._running.acquire(blocking=False)
     try:
         with pytest.raises(RuntimeError, match="another thread"):
             states[0].transcribe(jfk)
         with pytest.raises(RuntimeError, match="states is transcribing"):
             wctx.close()
     finally:
-        states[0]._busy.release()
+        states[0]._running.release()
     states[0].close()
     assert states[0].closed and not wctx.closed
     with pytest.raises(ClosedError):

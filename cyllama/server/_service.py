@@ -66,8 +66,13 @@ class ModelService:
             strict_model=True, chat_template=chat_template, embed=self._embed, mtmd=self.mtmd,
             media_urls=allow_image_urls)
         self.counters = {"http_requests_total": 0, "http_errors_total": 0, "client_disconnects_total": 0}
-        self.whisper = None  # speech to text for /v1/audio/*: one transcription at a time
-        self._whisper_lock = threading.Lock()
+        # speech to text for /v1/audio/*: up to min(2, n_parallel) transcriptions at once, each on a
+        # decoding state of its own over the one loaded model
+        self.whisper = None
+        self._whisper_idle: list[Any] = []
+        self._whisper_made = 0
+        self._whisper_max = max(1, min(2, n_parallel))
+        self._whisper_cond = threading.Condition()
         if whisper_model is not None:
             from ..whisper import WhisperContext
 
@@ -158,8 +163,13 @@ class ModelService:
                 params.initial_prompt = prompt
             if temperature is not None:
                 params.temperature = float(temperature)
-            with self._whisper_lock:
-                result = self.whisper.transcribe(audio, params, word_timestamps=words)
+            state = self._take_whisper_state()
+            try:
+                result = state.transcribe(audio, params, word_timestamps=words)
+            finally:
+                with self._whisper_cond:
+                    self._whisper_idle.append(state)
+                    self._whisper_cond.notify()
         except (ValueError, TypeError) as exc:
             raise ApiError(str(exc), "file") from None
         if response_format == "text":
@@ -176,6 +186,18 @@ class ModelService:
                           "no_speech_prob": sg.no_speech_prob} for i, sg in enumerate(result.segments)],
             **({"words": [{"word": w.word, "start": w.start, "end": w.end}
                           for sg in result.segments for w in sg.words or []]} if words else {})}
+
+    def _take_whisper_state(self) -> Any:
+        """An idle whisper state: the context itself first, then new states up to the limit; waits
+        for one when all are busy."""
+        with self._whisper_cond:
+            while True:
+                if self._whisper_idle:
+                    return self._whisper_idle.pop()
+                if self._whisper_made < self._whisper_max:
+                    self._whisper_made += 1
+                    return self.whisper if self._whisper_made == 1 else self.whisper.new_state()
+                self._whisper_cond.wait()
 
     def close(self) -> None:
         if getattr(self, "whisper", None) is not None:

@@ -127,7 +127,7 @@ class WhisperContext(Transcriber, NativeHandle):
         self._adopt(ptr, lib.whisper_free)
         self._lib = lib
         self._model = self
-        self._busy = threading.Lock()
+        self._running = threading.Lock()
         self._cancel = False
         self._states: weakref.WeakSet = weakref.WeakSet()
         self.n_vocab = int(lib.whisper_n_vocab(ptr))
@@ -158,14 +158,14 @@ class WhisperContext(Transcriber, NativeHandle):
     def close(self) -> None:
         if self._ptr == ffi.NULL:
             return
-        if not self._busy.acquire(blocking=False):
+        if not self._running.acquire(blocking=False):
             raise RuntimeError("cannot close a WhisperContext while it is transcribing")
         try:
-            if any(st._busy.locked() for st in list(self._states)):
+            if any(st._running.locked() for st in list(self._states)):
                 raise RuntimeError("cannot close a WhisperContext while one of its states is transcribing")
             super().close()
         finally:
-            self._busy.release()
+            self._running.release()
 
     free = close
 
@@ -191,7 +191,7 @@ class WhisperState(Transcriber, NativeHandle):
         self._adopt(ptr, lib.whisper_free_state)
         self.context = self._model = context  # keeps the weights alive while this state lives
         self._lib = lib
-        self._busy = threading.Lock()
+        self._running = threading.Lock()
         self._cancel = False
         context._states.add(self)
 
@@ -204,12 +204,12 @@ class WhisperState(Transcriber, NativeHandle):
     def close(self) -> None:
         if self._ptr == ffi.NULL:
             return
-        if not self._busy.acquire(blocking=False):
+        if not self._running.acquire(blocking=False):
             raise RuntimeError("cannot close a WhisperState while it is transcribing")
         try:
             super().close()
         finally:
-            self._busy.release()
+            self._running.release()
 
     free = close
 

@@ -90,13 +90,13 @@ def _text(p: Any) -> str:
 class Transcriber:
     """transcribe, transcribe_iter, detect_language and cancel on one decoding state.
 
-    Subclasses set ``_model`` (the WhisperContext), ``_lib``, ``_busy`` (a Lock), ``_cancel`` and
+    Subclasses set ``_model`` (the WhisperContext), ``_lib``, ``_running`` (a Lock), ``_cancel`` and
     ``_vad`` (None) and define ``_native()``.
     """
 
     _model: Any
     _lib: Any
-    _busy: threading.Lock
+    _running: threading.Lock
     _cancel: bool = False
     _vad: VadContext | None = None
     _vad_default = False  # _vad is the default model (vad_model_path None)
@@ -164,7 +164,7 @@ class Transcriber:
         if p.offset_ms and p.offset_ms >= duration * 1000:
             raise ValueError(f"offset ({p.offset_ms / 1000:g} s) is past the end of the audio ({duration:.2f} s)")
         lang = p.language
-        if not self._busy.acquire(blocking=False):
+        if not self._running.acquire(blocking=False):
             raise RuntimeError(f"this {type(self).__name__} is already transcribing in another thread")
         try:
             native = self._native()
@@ -212,7 +212,7 @@ class Transcriber:
             return res
         finally:
             self._cancel = False
-            self._busy.release()
+            self._running.release()
 
     def _collect(self, native: _Native, lang: str, table: list[tuple[int, int]], words: bool) -> TranscriptionResult:
         segments = [self._segment(native, i, table, words) for i in range(native.n_segments())]
@@ -312,7 +312,7 @@ class Transcriber:
         if offset_ms >= samples.size * 1000 // SAMPLE_RATE:
             raise ValueError(f"offset ({offset:g} s) is past the end of the audio")
         threads = _check("n_threads", default_n_threads() if n_threads is None else n_threads, int, 1, 1024)
-        if not self._busy.acquire(blocking=False):
+        if not self._running.acquire(blocking=False):
             raise RuntimeError(f"this {type(self).__name__} is already transcribing in another thread")
         try:
             native = self._native()
@@ -326,7 +326,7 @@ class Transcriber:
                 why = "; ".join(_logging.last_errors()[before:][-3:]) or "see the whisper log"
                 raise CyllamaError(f"language detection failed: {why}")
         finally:
-            self._busy.release()
+            self._running.release()
         by_code = {code: float(probs[i]) for i in range(n) if (code := lang_str(i))}
         ordered = dict(sorted(by_code.items(), key=lambda kv: -kv[1]))
         code = lang_str(int(lid)) or "unknown"

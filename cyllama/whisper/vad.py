@@ -141,7 +141,7 @@ class VadContext(NativeHandle):
             raise CyllamaError(f"failed to load VAD model {self.path}: {why}")
         self._adopt(ptr, lib.whisper_vad_free)
         self._lib = lib
-        self._busy = threading.Lock()
+        self._running = threading.Lock()
 
     def _samples(self, audio: Any, sample_rate: int | None) -> np.ndarray:
         from .audio import load_audio
@@ -161,7 +161,7 @@ class VadContext(NativeHandle):
         samples = np.ascontiguousarray(samples, dtype=np.float32)
         if samples.ndim != 1 or samples.size == 0:
             raise ValueError("samples must be a non-empty 1-D array")
-        if not self._busy.acquire(blocking=False):
+        if not self._running.acquire(blocking=False):
             raise RuntimeError("this VadContext is already in use in another thread")
         try:
             lib, ptr = self._lib, self.ptr
@@ -176,7 +176,7 @@ class VadContext(NativeHandle):
             finally:
                 lib.whisper_vad_free_segments(segs)
         finally:
-            self._busy.release()
+            self._running.release()
 
     def detect_speech(self, audio: Any, params: VadParams | None = None, *,
                       sample_rate: int | None = None) -> list[SpeechSegment]:
@@ -187,7 +187,7 @@ class VadContext(NativeHandle):
     def probs(self, audio: Any, *, sample_rate: int | None = None) -> np.ndarray:
         """Silero's speech probability for each 512-sample (32 ms) window of ``audio``."""
         samples = self._samples(audio, sample_rate)
-        if not self._busy.acquire(blocking=False):
+        if not self._running.acquire(blocking=False):
             raise RuntimeError("this VadContext is already in use in another thread")
         try:
             lib, ptr = self._lib, self.ptr
@@ -196,17 +196,17 @@ class VadContext(NativeHandle):
             n = lib.whisper_vad_n_probs(ptr)
             return np.frombuffer(ffi.buffer(lib.whisper_vad_probs(ptr), 4 * n), dtype=np.float32).copy()
         finally:
-            self._busy.release()
+            self._running.release()
 
     def close(self) -> None:
         if self._ptr == ffi.NULL:
             return
-        if not self._busy.acquire(blocking=False):
+        if not self._running.acquire(blocking=False):
             raise RuntimeError("cannot close a VadContext while it is in use")
         try:
             super().close()
         finally:
-            self._busy.release()
+            self._running.release()
 
     def __repr__(self) -> str:
         return f"VadContext({str(self.path)!r}{', closed' if self.closed else ''})"
