@@ -1,16 +1,15 @@
-"""cyllama.download against a local fake of the Hugging Face Hub (no network needed)."""
+"""cyllama.download against a local emulation of the Hugging Face Hub (tests/fake_hub.py), once
+through huggingface_hub ("hub") and once through the small client used without it ("plain")."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
+import os
 import socket
-import threading
+import subprocess
+import sys
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -27,133 +26,37 @@ from cyllama.download import (
     select_gguf,
 )
 
+from fake_hub import Hub, payload, serve
 
-def payload(name: str, size: int = 20_000) -> bytes:
-    seed = hashlib.sha256(name.encode()).digest()
-    return b"GGUF" + (seed * (size // len(seed) + 1))[: size - 4]
-
-
-class Hub:
-    """State of the fake Hub: repositories, options, and a log of the requests it answered."""
-
-    def __init__(self) -> None:
-        self.repos: dict[str, dict] = {}
-        self.log: list[tuple[str, dict]] = []
-        self.url = ""
-        self.lock = threading.Lock()
-
-    def add(self, repo: str, names, *, private: bool = False, extra_listing=(), header_sha=None,
-            listing_sha=None, truncate_once=(), no_sha=False, size: int = 20_000) -> dict[str, bytes]:
-        files = {n: payload(repo + n, size) for n in names}
-        self.repos[repo] = {"files": files, "private": private, "extra": list(extra_listing),
-                            "header_sha": dict(header_sha or {}), "listing_sha": dict(listing_sha or {}),
-                            "truncate": set(truncate_once), "no_sha": no_sha}
-        return files
-
-    def paths(self, prefix: str = "") -> list[str]:
-        return [p for p, _ in self.log if p.startswith(prefix)]
-
-
-class Handler(BaseHTTPRequestHandler):
-    server_version = "FakeHub/1.0"
-
-    def log_message(self, *args) -> None:  # quiet
-        pass
-
-    def _send(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
-        self.send_response(code)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _authorized(self, repo: dict) -> bool:
-        return not repo["private"] or self.headers.get("Authorization") == "Bearer good"
-
-    def do_GET(self) -> None:  # noqa: C901 - a small router
-        hub: Hub = self.server.hub  # type: ignore[attr-defined]
-        path = unquote(urlsplit(self.path).path)
-        with hub.lock:
-            hub.log.append((path, dict(self.headers)))
-        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)", path)
-        if m:
-            repo = hub.repos.get(m.group(1))
-            if repo is None:
-                return self._send(404, b'{"error":"Repository not found"}')
-            if not self._authorized(repo):
-                return self._send(401, b'{"error":"Invalid credentials"}')
-            listing = []
-            for name, data in repo["files"].items():
-                entry = {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
-                if name.endswith(".gguf"):
-                    sha = repo["listing_sha"].get(name, hashlib.sha256(data).hexdigest())
-                    entry["lfs"] = {"oid": sha, "size": len(data), "pointerSize": 134}
-                    if repo["no_sha"]:
-                        del entry["lfs"]
-                listing.append(entry)
-            listing += repo["extra"]
-            return self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
-        m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-        if m:
-            repo = hub.repos.get(m.group(1))
-            if repo is None:
-                return self._send(404, b"Repository not found")
-            if not self._authorized(repo):
-                return self._send(401, b"Invalid credentials")
-            data = repo["files"].get(m.group(3))
-            if data is None:
-                return self._send(404, b"Entry not found")
-            headers = {"Location": f"/cdn/{m.group(1)}/{m.group(3)}", "X-Linked-Size": str(len(data))}
-            if not repo["no_sha"]:
-                sha = repo["header_sha"].get(m.group(3), hashlib.sha256(data).hexdigest())
-                headers["X-Linked-Etag"] = f'"{sha}"'
-                headers["ETag"] = f'"{sha}"'
-            return self._send(302, b"", headers)
-        m = re.fullmatch(r"/cdn/([^/]+/[^/]+)/(.+)", path)
-        if m:
-            repo = hub.repos[m.group(1)]
-            data = repo["files"][m.group(2)]
-            rng = self.headers.get("Range")
-            if rng:
-                start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
-                if start >= len(data):
-                    return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-                return self._send(206, data[start:], {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
-            if m.group(2) in repo["truncate"]:
-                repo["truncate"].discard(m.group(2))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return None
-            return self._send(200, data, {"Accept-Ranges": "bytes"})
-        m = re.fullmatch(r"/plain/(.+)", path)
-        if m:
-            return self._send(200, payload(m.group(1)))
-        return self._send(404, b"no route")
+ROOT = Path(__file__).resolve().parent.parent
+GGUFS = ["Tiny-Q8_0.gguf", "Tiny-Q4_0.gguf", "Tiny-Q4_K_M.gguf", "Tiny-Q4_K_S.gguf", "Tiny-F16.gguf",
+         "mmproj-Tiny-F16.gguf", "README.md"]
 
 
 @pytest.fixture()
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state = Hub()
-    server.hub = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("HF_ENDPOINT", state.url)
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CYLLAMA_CACHE_DIR", str(tmp_path / "cyllama-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login token
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    yield state
-    server.shutdown()
-    server.server_close()
+    for state in serve():
+        monkeypatch.setenv("HF_ENDPOINT", state.url)
+        yield state
+
+
+@pytest.fixture(params=["hub", "plain"])
+def client(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which client does the work: huggingface_hub, or cyllama's own (as without it)."""
+    if request.param == "hub":
+        constants = pytest.importorskip("huggingface_hub.constants")
+        # huggingface_hub reads HF_HUB_OFFLINE once, at import; another test may have set it then.
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(dl._hub, "available", lambda: True)
+    else:
+        monkeypatch.setattr(dl._hub, "available", lambda: False)
+    return request.param
 
 
 @pytest.fixture()
@@ -161,15 +64,23 @@ def cache(tmp_path: Path) -> Path:
     return tmp_path / "cache"
 
 
-def all_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+def data_files(root: Path) -> list[Path]:
+    """Files in a folder tree, but the locks both clients leave in the cache's ``.locks``."""
+    if not root.exists():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and ".locks" not in p.relative_to(root).parts)
 
 
-GGUFS = ["Tiny-Q8_0.gguf", "Tiny-Q4_0.gguf", "Tiny-Q4_K_M.gguf", "Tiny-Q4_K_S.gguf", "Tiny-F16.gguf",
-         "mmproj-Tiny-F16.gguf", "README.md"]
+def model_files(root: Path) -> list[Path]:
+    """Blobs and snapshot entries (not the refs and not-found markers huggingface_hub keeps)."""
+    return [p for p in data_files(root) if "blobs" in p.parts or "snapshots" in p.parts]
 
 
-# -- tag selection ----------------------------------------------------------------------------
+def resolve_gets(hub: Hub) -> list:
+    return [r for r in hub.requests("GET", "/cdn/")]
+
+
+# -- names and tags ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("tag, expected", [
     (None, "Tiny-Q4_K_M.gguf"), ("latest", "Tiny-Q4_K_M.gguf"), ("q4", "Tiny-Q4_K_M.gguf"),
@@ -193,42 +104,66 @@ def test_select_gguf_default_without_q4_k_m_and_errors() -> None:
 def test_parse_hf_repo() -> None:
     assert parse_hf_repo("bartowski/Llama-3.2-1B-Instruct-GGUF:q4") == ("bartowski", "Llama-3.2-1B-Instruct-GGUF", "q4")
     assert parse_hf_repo("u/m") == ("u", "m", None)
-    for bad in ("justmodel", "a/b/c", "../m", "u/..", "u/m/..", "u/.hidden", "u/m:a/b", "", "u/m\x00"):
+    for bad in ("justmodel", "a/b/c", "../m", "u/..", "u/m/..", "u/.hidden", "u/m:a/b", "", "u/m\x00", "u/a--b"):
         with pytest.raises(ValueError):
             parse_hf_repo(bad)
 
 
-# -- downloads --------------------------------------------------------------------------------
+# -- downloads into the Hugging Face cache ----------------------------------------------------
 
-def test_download_default_tag_and_cache_hit(hub: Hub, cache: Path) -> None:
+def test_tag_picks_the_file_into_the_hf_cache(hub: Hub, client: str, cache: Path) -> None:
     files = hub.add("tiny/Tiny-GGUF", GGUFS)
+    commit = hub.commit("tiny/Tiny-GGUF")
     path = download_model("tiny/Tiny-GGUF", cache_dir=cache, progress=False)
-    assert path == (cache / "tiny" / "Tiny-GGUF" / "main" / "Tiny-Q4_K_M.gguf").resolve()
+    repo_dir = cache / "models--tiny--Tiny-GGUF"
+    assert path == repo_dir / "snapshots" / commit / "Tiny-Q4_K_M.gguf"
     assert path.read_bytes() == files["Tiny-Q4_K_M.gguf"]
-    assert len(hub.paths("/tiny/Tiny-GGUF/resolve/")) == 1
+    assert path.is_symlink() and path.resolve().parent == (repo_dir / "blobs").resolve()
+    assert (repo_dir / "refs" / "main").read_text() == commit
     q8 = download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False)
     assert q8.name == "Tiny-Q8_0.gguf" and q8.read_bytes() == files["Tiny-Q8_0.gguf"]
-    # Cached: the listing is asked again (to resolve the tag) but nothing is downloaded.
+    # The listing is asked again (to resolve the tag), but nothing is downloaded twice.
     assert download_model("tiny/Tiny-GGUF:Q4_K_M", cache_dir=cache, progress=False) == path
-    assert len(hub.paths("/tiny/Tiny-GGUF/resolve/")) == 2
-    assert not [p for p in all_files(cache) if p.name.endswith(".part")]
+    assert len(resolve_gets(hub)) == 2
+    # Which client talked to the Hub.
+    agents = {h.get("User-Agent", "") for _, p, h in hub.requests(prefix="/api/models/")}
+    assert all(("huggingface_hub" in a or "hf_hub" in a) if client == "hub" else a.startswith("cyllama/")
+               for a in agents), agents
+    assert not [p for p in data_files(cache) if p.name.endswith(".incomplete")]
 
 
-def test_default_cache_dir_from_env(hub: Hub, tmp_path: Path) -> None:
+def test_each_client_finds_the_others_files(hub: Hub, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hf = pytest.importorskip("huggingface_hub")
+    files = hub.add("tiny/Tiny-GGUF", GGUFS)
+    monkeypatch.setattr(dl._hub, "available", lambda: False)
+    mine = download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False)
+    # huggingface_hub itself, offline, sees the file cyllama's own client stored.
+    assert Path(hf.try_to_load_from_cache("tiny/Tiny-GGUF", "Tiny-Q8_0.gguf", cache_dir=cache)) == mine
+    theirs = Path(hf.hf_hub_download("tiny/Tiny-GGUF", "Tiny-Q4_0.gguf", cache_dir=cache, endpoint=hub.url))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert download_model("tiny/Tiny-GGUF:q4_0", cache_dir=cache, progress=False) == theirs
+    assert theirs.read_bytes() == files["Tiny-Q4_0.gguf"]
+
+
+def test_default_cache_is_the_hf_cache(hub: Hub, client: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hub.add("tiny/Env", ["e-Q4_K_M.gguf"])
+    assert dl.default_cache_dir() == tmp_path / "hf-home" / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "shared"))
+    assert dl.default_cache_dir() == tmp_path / "shared"
     path = download_model("tiny/Env", progress=False)
-    assert path.is_relative_to((tmp_path / "cyllama-cache" / "models").resolve())
-    assert dl.default_cache_dir() == tmp_path / "cyllama-cache" / "models"
+    assert path.is_relative_to(tmp_path / "shared" / "models--tiny--Env")
+    assert [m["path"] for m in list_cached_models()] == [path]
 
 
-def test_progress_bar(hub: Hub, cache: Path, capsys: pytest.CaptureFixture) -> None:
+def test_progress_bar(hub: Hub, cache: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("tqdm")
+    monkeypatch.setattr(dl._hub, "available", lambda: False)
     hub.add("tiny/Bar", ["b-Q4_K_M.gguf"])
     download_model("tiny/Bar", cache_dir=cache, progress=True)
     assert "b-Q4_K_M.gguf" in capsys.readouterr().err
 
 
-def test_hf_hub_file_glob(hub: Hub, cache: Path) -> None:
+def test_hf_hub_file_glob_and_exact(hub: Hub, client: str, cache: Path) -> None:
     files = hub.add("tiny/Tiny-GGUF", GGUFS)
     path = hf_hub_file("tiny/Tiny-GGUF", "*q8_0.gguf", cache_dir=cache, progress=False)
     assert path.name == "Tiny-Q8_0.gguf" and path.read_bytes() == files["Tiny-Q8_0.gguf"]
@@ -236,16 +171,17 @@ def test_hf_hub_file_glob(hub: Hub, cache: Path) -> None:
         hf_hub_file("tiny/Tiny-GGUF", "*Q4*.gguf", cache_dir=cache, progress=False)
     with pytest.raises(FileNotFoundError, match="matches"):
         hf_hub_file("tiny/Tiny-GGUF", "*q2_k.gguf", cache_dir=cache, progress=False)
-    # Exact names are served from the cache without asking the Hub at all.
-    n = len(hub.log)
+    # An exact name needs no listing; a cached one is checked with the Hub (HEAD) but not fetched.
+    n_api, n_get = len(hub.requests(prefix="/api/")), len(resolve_gets(hub))
     assert hf_hub_file("tiny/Tiny-GGUF", "Tiny-Q8_0.gguf", cache_dir=cache, progress=False) == path
-    assert len(hub.log) == n
-    # download_model(filename=) takes the same route.
+    assert (len(hub.requests(prefix="/api/")), len(resolve_gets(hub))) == (n_api, n_get)
+    readme = hf_hub_file("tiny/Tiny-GGUF", "README.md", cache_dir=cache, progress=False)  # a git file, no redirect
+    assert readme.read_bytes() == files["README.md"]
     assert download_model("tiny/Tiny-GGUF", filename="*Q4_0.gguf", cache_dir=cache, progress=False).name == \
         "Tiny-Q4_0.gguf"
 
 
-def test_split_model_downloads_every_shard(hub: Hub, cache: Path) -> None:
+def test_split_model_downloads_every_shard(hub: Hub, client: str, cache: Path) -> None:
     names = ["Big-Q4_K_M-00001-of-00003.gguf", "Big-Q4_K_M-00002-of-00003.gguf", "Big-Q4_K_M-00003-of-00003.gguf",
              "Big-Q8_0.gguf"]
     files = hub.add("tiny/Big", names)
@@ -255,56 +191,71 @@ def test_split_model_downloads_every_shard(hub: Hub, cache: Path) -> None:
         assert (first.parent / n).read_bytes() == files[n]
     listed = [m for m in list_cached_models(cache) if m["model"] == "Big"]
     assert len(listed) == 1 and listed[0]["size"] == sum(len(files[n]) for n in names[:3])
+    assert listed[0]["tag"] == "Q4_K_M"
 
 
-def test_offline_mode(hub: Hub, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+# -- offline, errors, tokens ------------------------------------------------------------------
+
+def test_offline_mode(hub: Hub, client: str, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    errors = pytest.importorskip("huggingface_hub.errors")
     files = hub.add("tiny/Tiny-GGUF", GGUFS)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
-        download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False)
-    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
-        hf_hub_file("tiny/Tiny-GGUF", "*Q8_0.gguf", cache_dir=cache, progress=False)
+    for call in (lambda: download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False),
+                 lambda: hf_hub_file("tiny/Tiny-GGUF", "*Q8_0.gguf", cache_dir=cache, progress=False),
+                 lambda: hf_hub_file("tiny/Tiny-GGUF", "Tiny-Q8_0.gguf", cache_dir=cache, progress=False)):
+        with pytest.raises(errors.LocalEntryNotFoundError, match="HF_HUB_OFFLINE") as info:
+            call()
+        assert isinstance(info.value, FileNotFoundError)
     assert hub.log == []
     monkeypatch.delenv("HF_HUB_OFFLINE")
     got = download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     n = len(hub.log)
     assert download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False) == got
-    assert download_model("tiny/Tiny-GGUF", cache_dir=cache, progress=False) == got  # only cached file
+    assert download_model("tiny/Tiny-GGUF", cache_dir=cache, progress=False) == got  # the only cached model
     assert hf_hub_file("tiny/Tiny-GGUF", "*q8_0.gguf", cache_dir=cache, progress=False) == got
+    assert hf_hub_file("tiny/Tiny-GGUF", "Tiny-Q8_0.gguf", cache_dir=cache, progress=False) == got
     assert len(hub.log) == n
     assert got.read_bytes() == files["Tiny-Q8_0.gguf"]
 
 
-def test_http_errors(hub: Hub, cache: Path) -> None:
+def test_http_errors(hub: Hub, client: str, cache: Path) -> None:
     hub.add("tiny/Tiny-GGUF", GGUFS)
     hub.add("corp/Private", ["p-Q4_K_M.gguf"], private=True)
+    hub.add("corp/Gated", ["g-Q4_K_M.gguf"], gated=True)
     with pytest.raises(FileNotFoundError, match="not found"):
         download_model("nobody/Nothing:q4", cache_dir=cache, progress=False)
     with pytest.raises(FileNotFoundError) as info:
         hf_hub_file("tiny/Tiny-GGUF", "Tiny-Q2_K.gguf", cache_dir=cache, progress=False)
     assert "Tiny-Q2_K.gguf" in str(info.value)
-    with pytest.raises(PermissionError, match="HF_TOKEN"):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        download_model("tiny/Tiny-GGUF", revision="v9", cache_dir=cache, progress=False)
+    with pytest.raises(FileNotFoundError, match="HF_TOKEN"):  # the Hub does not say whether it exists
         download_model("corp/Private", cache_dir=cache, progress=False)
     with pytest.raises(PermissionError, match="refused"):
         download_model("corp/Private", cache_dir=cache, token="wrong", progress=False)
-    assert all_files(cache) == []  # no empty .part files left behind
+    with pytest.raises(PermissionError, match="gated"):
+        download_model("corp/Gated", cache_dir=cache, progress=False)
+    assert model_files(cache) == []
     assert download_model("corp/Private", cache_dir=cache, token="good", progress=False).exists()
+    assert download_model("corp/Gated", cache_dir=cache, token="good", progress=False).exists()
 
 
-def test_token_from_env_goes_only_to_the_hub(hub: Hub, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_goes_to_the_hub_only(hub: Hub, client: str, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hub.add("corp/Private", ["p-Q4_K_M.gguf"], private=True)
     monkeypatch.setenv("HF_TOKEN", "good")
     assert download_model("corp/Private", cache_dir=cache, progress=False).exists()
-    assert all(h.get("Authorization") == "Bearer good" for p, h in hub.log if p.startswith("/api/"))
-    # Another origin (localhost instead of 127.0.0.1) never sees HF_TOKEN.
-    other = hub.url.replace("127.0.0.1", "localhost") + "/plain/thing.gguf"
+    hub_side = hub.requests(prefix="/api/") + hub.requests(prefix="/corp/")
+    assert hub_side and all(h.get("Authorization") == "Bearer good" for _, _, h in hub_side)
+    cdn = hub.requests(prefix="/cdn/")
+    assert cdn and all("Authorization" not in h for _, _, h in cdn)  # another origin: never the token
+    other = hub.cdn + "/plain/thing.gguf"
     out = download_model(url=other, output_path=cache / "out" / "thing.gguf", progress=False)
     assert out.read_bytes() == payload("thing.gguf")
-    assert "Authorization" not in dict(hub.log[-1][1])
+    assert "Authorization" not in hub.log[-1][2]
 
 
-def test_network_error_names_the_url(hub: Hub, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_network_error_names_the_url(hub: Hub, client: str, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hub.add("tiny/Tiny-GGUF", GGUFS)
     cached = download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False)
     with socket.socket() as s:
@@ -318,6 +269,8 @@ def test_network_error_names_the_url(hub: Hub, cache: Path, monkeypatch: pytest.
         assert download_model("tiny/Tiny-GGUF:q8", cache_dir=cache, progress=False) == cached
 
 
+# -- nothing outside the cache ----------------------------------------------------------------
+
 @pytest.mark.parametrize("name", ["../x.gguf", "a/../../x.gguf", "/etc/passwd", "a\\..\\x.gguf", "x\x00.gguf",
                                   "./x.gguf", "a//b.gguf", "C:/x.gguf", "~/x.gguf"])
 def test_path_traversal_in_file_names(hub: Hub, cache: Path, tmp_path: Path, name: str) -> None:
@@ -326,31 +279,33 @@ def test_path_traversal_in_file_names(hub: Hub, cache: Path, tmp_path: Path, nam
         hf_hub_file("tiny/Tiny-GGUF", name, cache_dir=cache, progress=False)
     with pytest.raises(ValueError):
         download_model("tiny/Tiny-GGUF", filename=name, cache_dir=cache, progress=False)
-    assert all_files(tmp_path) == []
+    assert data_files(tmp_path) == [] and hub.log == []
 
 
 @pytest.mark.parametrize("repo", ["../Tiny-GGUF", "tiny/..", "../..", "tiny/Tiny-GGUF/../../x", "/abs/path",
-                                  "tiny\\Tiny"])
+                                  "tiny\\Tiny", "models--a/b"])
 def test_path_traversal_in_repo_names(hub: Hub, cache: Path, tmp_path: Path, repo: str) -> None:
     with pytest.raises(ValueError):
         download_model(repo + ":q4", cache_dir=cache, progress=False)
     with pytest.raises(ValueError):
         hf_hub_file(repo, "x.gguf", cache_dir=cache, progress=False)
-    with pytest.raises(ValueError):
-        hf_hub_file("tiny/Tiny-GGUF", "x.gguf", cache_dir=cache, revision="..", progress=False)
-    assert hub.log == [] and all_files(tmp_path) == []
+    for rev in ("..", "../../x", "/abs", ""):
+        with pytest.raises(ValueError):
+            hf_hub_file("tiny/Tiny-GGUF", "x.gguf", cache_dir=cache, revision=rev, progress=False)
+    assert hub.log == [] and data_files(tmp_path) == []
 
 
-def test_hostile_listing_cannot_escape(hub: Hub, cache: Path, tmp_path: Path) -> None:
-    evil = [{"type": "file", "path": "../../evil-Q4_K_M.gguf", "size": 4},
-            {"type": "file", "path": "/tmp/abs-Q4_K_M.gguf", "size": 4}]
+def test_hostile_listing_cannot_escape(hub: Hub, client: str, cache: Path, tmp_path: Path) -> None:
+    evil = [{"rfilename": "../../evil-Q4_K_M.gguf"}, {"rfilename": "/tmp/abs-Q4_K_M.gguf"}]
     hub.add("tiny/Evil", ["ok-Q8_0.gguf"], extra_listing=evil)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         path = download_model("tiny/Evil", cache_dir=cache, progress=False)
     assert path.name == "ok-Q8_0.gguf"
     assert sum("unsafe" in str(w.message) for w in caught) == 2
-    assert [p.name for p in all_files(tmp_path)] == ["ok-Q8_0.gguf"]
+    assert {p.name for p in model_files(cache)} == {"ok-Q8_0.gguf", path.resolve().name}
+    assert all(p.is_relative_to(cache) for p in data_files(tmp_path))
+    assert not Path("/tmp/abs-Q4_K_M.gguf").exists()
 
 
 def test_url_with_encoded_traversal(hub: Hub, cache: Path, tmp_path: Path) -> None:
@@ -358,7 +313,7 @@ def test_url_with_encoded_traversal(hub: Hub, cache: Path, tmp_path: Path) -> No
         download_model(url=hub.url + "/plain/..%2F..%2Fevil.gguf", cache_dir=cache, progress=False)
     with pytest.raises(ValueError):
         download_model(url="file:///etc/passwd", cache_dir=cache)
-    assert all_files(tmp_path) == []
+    assert data_files(tmp_path) == []
 
 
 def test_url_download_into_cache_and_folder(hub: Hub, cache: Path, tmp_path: Path) -> None:
@@ -371,81 +326,97 @@ def test_url_download_into_cache_and_folder(hub: Hub, cache: Path, tmp_path: Pat
     folder.mkdir()
     q = download_model(url=hub.url + "/plain/other.gguf", output_path=folder, progress=False)
     assert q == (folder / "other.gguf").resolve()
+    r = download_model(url=hub.url + "/plain/third.gguf", progress=False)  # cyllama's own cache by default
+    assert r.is_relative_to(tmp_path / "cyllama-cache")
     assert list_cached_models(cache) == []  # URL downloads are not Hub models
 
 
-@pytest.mark.parametrize("where", ["header", "listing"])
-def test_sha256_mismatch_is_rejected_and_leaves_nothing(hub: Hub, cache: Path, where: str) -> None:
-    wrong = "0" * 64
-    opts = {"header_sha": {"m-Q4_K_M.gguf": wrong}} if where == "header" else \
-        {"listing_sha": {"m-Q4_K_M.gguf": wrong}}
-    hub.add("tiny/Bad", ["m-Q4_K_M.gguf"], **opts)
+# -- transfers: integrity and resuming --------------------------------------------------------
+
+def test_sha256_mismatch_is_rejected_and_leaves_nothing(hub: Hub, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dl._hub, "available", lambda: False)  # huggingface_hub checks sizes only
+    hub.add("tiny/Bad", ["m-Q4_K_M.gguf"], sha={"m-Q4_K_M.gguf": "0" * 64})
     with pytest.raises(DownloadError) as info:
-        if where == "header":
-            hf_hub_file("tiny/Bad", "m-Q4_K_M.gguf", cache_dir=cache, progress=False)
-        else:
-            download_model("tiny/Bad", cache_dir=cache, progress=False)
+        download_model("tiny/Bad", cache_dir=cache, progress=False)
     assert "sha256" in str(info.value) and not isinstance(info.value, ConnectionError)
-    assert all_files(cache) == []
+    assert data_files(cache) == []
     assert list_cached_models(cache) == []
 
 
-def test_truncated_download_resumes(hub: Hub, cache: Path) -> None:
-    # Large enough that some 1 MiB chunks arrive before the connection drops.
-    files = hub.add("tiny/Cut", ["c-Q4_K_M.gguf"], truncate_once=["c-Q4_K_M.gguf"], size=3_000_000)
-    with pytest.raises(DownloadConnectionError, match="resume"):
-        download_model("tiny/Cut", cache_dir=cache, progress=False)
-    parts = [p for p in all_files(cache) if p.name.endswith(".part")]
-    assert len(parts) == 1 and 0 < parts[0].stat().st_size < len(files["c-Q4_K_M.gguf"])
-    assert list_cached_models(cache) == []
-    path = download_model("tiny/Cut", cache_dir=cache, progress=False)
-    assert path.read_bytes() == files["c-Q4_K_M.gguf"]  # verified against the sha256 as a whole
-    assert any(h.get("Range") for p, h in hub.log if p.startswith("/cdn/"))
-    assert all_files(cache) == [path]
+def test_cut_off_download_resumes(hub: Hub, client: str, cache: Path) -> None:
+    # Large enough that whole chunks (huggingface_hub reads 10 MiB at a time) arrive before the
+    # connection drops half-way.
+    files = hub.add("tiny/Cut", ["c-Q4_K_M.gguf"], truncate_once=["c-Q4_K_M.gguf"], size=24_000_000)
+    if client == "plain":  # the call fails and leaves its partial blob; the next call resumes it
+        with pytest.raises(DownloadConnectionError, match="resume"):
+            download_model("tiny/Cut", cache_dir=cache, progress=False)
+        parts = [p for p in data_files(cache) if p.name.endswith(".incomplete")]
+        assert len(parts) == 1 and 0 < parts[0].stat().st_size < len(files["c-Q4_K_M.gguf"])
+        assert list_cached_models(cache) == []
+    path = download_model("tiny/Cut", cache_dir=cache, progress=False)  # huggingface_hub resumes within the call
+    assert path.read_bytes() == files["c-Q4_K_M.gguf"]
+    ranges = [h.get("Range") for _, _, h in resolve_gets(hub) if h.get("Range")]
+    assert len(ranges) == 1 and int(ranges[0].removeprefix("bytes=").rstrip("-")) > 0
+    assert [p.name for p in model_files(cache) if not p.is_symlink()] == [hashlib.sha256(path.read_bytes()).hexdigest()]
 
 
-def test_without_checksums_size_is_still_checked(hub: Hub, cache: Path) -> None:
-    files = hub.add("tiny/NoSha", ["n-Q4_K_M.gguf"], no_sha=True)
-    assert download_model("tiny/NoSha", cache_dir=cache, progress=False).read_bytes() == files["n-Q4_K_M.gguf"]
-
-
-def test_force_download_replaces_only_after_success(hub: Hub, cache: Path) -> None:
+def test_force_download_replaces_the_file(hub: Hub, client: str, cache: Path) -> None:
     files = hub.add("tiny/F", ["f-Q4_K_M.gguf"])
     path = download_model("tiny/F", cache_dir=cache, progress=False)
-    path.write_bytes(b"stale")
+    path.resolve().write_bytes(b"stale")
     assert download_model("tiny/F", cache_dir=cache, progress=False).read_bytes() == b"stale"
-    hub.repos["tiny/F"]["header_sha"]["f-Q4_K_M.gguf"] = "1" * 64
-    hub.repos["tiny/F"]["listing_sha"]["f-Q4_K_M.gguf"] = "1" * 64
-    with pytest.raises(DownloadError):
-        download_model("tiny/F", cache_dir=cache, progress=False, force_download=True)
-    assert path.read_bytes() == b"stale"  # the failed download did not destroy the cached copy
-    hub.repos["tiny/F"]["header_sha"].clear()
-    hub.repos["tiny/F"]["listing_sha"].clear()
     assert download_model("tiny/F", cache_dir=cache, progress=False, force_download=True).read_bytes() == \
         files["f-Q4_K_M.gguf"]
 
 
-def test_list_cached_models(hub: Hub, cache: Path) -> None:
+def test_list_cached_models(hub: Hub, client: str, cache: Path) -> None:
     assert list_cached_models(cache) == []
     files = hub.add("tiny/Tiny-GGUF", GGUFS)
     hub.add("other/Thing", ["thing.Q8_0.gguf"])
     a = download_model("tiny/Tiny-GGUF:q4", cache_dir=cache, progress=False)
     b = download_model("tiny/Tiny-GGUF:q8_0", cache_dir=cache, progress=False)
     c = download_model("other/Thing", cache_dir=cache, progress=False)
-    (a.parent / "ignored.gguf.part").write_bytes(b"partial")
+    hf_hub_file("tiny/Tiny-GGUF", "README.md", cache_dir=cache, progress=False)
+    os.symlink("../../blobs/nothing", a.parent / "Tiny-F16.gguf")  # an unfinished download: no blob yet
     models = list_cached_models(cache)
     assert [(m["user"], m["model"], m["tag"]) for m in models] == [
         ("other", "Thing", "Q8_0"), ("tiny", "Tiny-GGUF", "Q4_K_M"), ("tiny", "Tiny-GGUF", "Q8_0")]
     by_path = {Path(m["path"]): m for m in models}
     assert set(by_path) == {a, b, c}
     assert by_path[a]["size"] == len(files["Tiny-Q4_K_M.gguf"])
-    assert all(set(m) >= {"user", "model", "tag", "path", "size"} for m in models)
     assert by_path[a]["revision"] == "main" and by_path[a]["filename"] == "Tiny-Q4_K_M.gguf"
+    assert by_path[a]["commit"] == hub.commit("tiny/Tiny-GGUF")
 
 
-def test_output_path_for_hub_model(hub: Hub, tmp_path: Path) -> None:
+def test_output_path_for_hub_model(hub: Hub, client: str, tmp_path: Path) -> None:
     files = hub.add("tiny/Tiny-GGUF", GGUFS)
     out = tmp_path / "here" / "model.gguf"
     got = download_model("tiny/Tiny-GGUF:q4_0", output_path=out, progress=False)
     assert got == out.resolve() and got.read_bytes() == files["Tiny-Q4_0.gguf"]
-    assert all_files(tmp_path / "cyllama-cache") == []
+    folder = download_model("tiny/Tiny-GGUF:q8", output_path=str(tmp_path / "dir") + os.sep, progress=False)
+    assert folder == (tmp_path / "dir" / "Tiny-Q8_0.gguf").resolve()
+    n = len(hub.log)
+    assert download_model("tiny/Tiny-GGUF:q4_0", output_path=out, progress=False) == got
+    assert len(hub.log) == n  # already there: no request at all
+    assert sorted(m["filename"] for m in list_cached_models(tmp_path / "hf-home" / "hub")) == \
+        ["Tiny-Q4_0.gguf", "Tiny-Q8_0.gguf"]
+
+
+def test_without_huggingface_hub(hub: Hub, tmp_path: Path) -> None:
+    """In a process where huggingface_hub cannot be imported, downloads still work."""
+    hub.add("tiny/Tiny-GGUF", GGUFS)
+    code = (
+        "import sys; sys.modules['huggingface_hub'] = None\n"
+        "import os, cyllama\n"
+        "p = cyllama.download_model('tiny/Tiny-GGUF:q8', cache_dir=sys.argv[1], progress=False)\n"
+        "print(p.name, 'huggingface_hub' in sys.modules and sys.modules['huggingface_hub'] is not None)\n"
+        "os.environ['HF_HUB_OFFLINE'] = '1'\n"
+        "try:\n"
+        "    cyllama.download_model('tiny/Tiny-GGUF:f16', cache_dir=sys.argv[1], progress=False)\n"
+        "except FileNotFoundError as e:\n"
+        "    print(type(e).__name__)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c")], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["Tiny-Q8_0.gguf", "False", "FileNotFoundError"]
