@@ -19,6 +19,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import contextmanager
 from email.message import Message
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
@@ -159,8 +160,9 @@ class _Handler(BaseHTTPRequestHandler):
         return self._send(404, b"no route")
 
 
+@contextmanager
 def serve() -> Iterator[Hub]:
-    """Runs a fake Hub on a free loopback port for as long as the generator is suspended."""
+    """``with serve() as hub:`` runs a fake Hub on a free loopback port."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     hub = Hub()

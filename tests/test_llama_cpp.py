@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -518,54 +515,23 @@ def test_close_is_idempotent_and_safe(model_path: Path) -> None:
     assert "closed" in repr(m)
 
 
-# -- from_pretrained against a local fake of the Hugging Face Hub ----------------------------
-class _Hub(BaseHTTPRequestHandler):
-    files: dict = {}
-    log: list = []
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
-        self.send_response(code)
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?")[0]
-        self.log.append(path)
-        if re.fullmatch(r"/api/models/org/repo/tree/main", path):
-            listing = [{"type": "file", "path": n, "size": len(d),
-                        "lfs": {"oid": hashlib.sha256(d).hexdigest(), "size": len(d)}} for n, d in self.files.items()]
-            return self._send(200, json.dumps(listing).encode(), {"Content-Type": "application/json"})
-        m = re.fullmatch(r"/org/repo/resolve/main/(.+)", path)
-        if m and m.group(1) in self.files:
-            return self._send(200, self.files[m.group(1)])
-        return self._send(404, b"not found")
-
-
+# -- from_pretrained against a local emulation of the Hugging Face Hub (tests/fake_hub.py) ------
 def test_from_pretrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("requests")
+    from fake_hub import serve
+
     data = _assets.vocab_model_path("llama-spm").read_bytes()
-    _Hub.files = {"README.md": b"hi", "ggml-vocab-llama-spm.gguf": data}
-    _Hub.log = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    try:
+    with serve() as hub:
+        hub.add("org/repo", files={"README.md": b"hi", "ggml-vocab-llama-spm.gguf": data})
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
         m = Llama.from_pretrained("org/repo", "*spm.gguf", cache_dir=tmp_path / "cache", vocab_only=True,
                                   verbose=False)
         assert m.tokenize(b"Hello World") == [1, 15043, 2787]
         assert Path(m.model_path).read_bytes() == data and str(tmp_path / "cache") in m.model_path
         m.close()
-        assert any("/resolve/main/ggml-vocab-llama-spm.gguf" in p for p in _Hub.log)
+        assert hub.requests("GET", "/cdn/org/repo/ggml-vocab-llama-spm.gguf")
         local = Llama.from_pretrained("org/repo", "ggml-vocab-llama-spm.gguf", local_dir=tmp_path / "here",
                                       vocab_only=True, verbose=False)
         assert Path(local.model_path) == tmp_path / "here" / "ggml-vocab-llama-spm.gguf"
@@ -573,9 +539,6 @@ def test_from_pretrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         with pytest.raises(FileNotFoundError):
             Llama.from_pretrained("org/repo", "*q8_0.gguf", cache_dir=tmp_path / "cache", vocab_only=True,
                                   verbose=False)
-    finally:
-        server.shutdown()
-        server.server_close()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the server is gone: the cached copy is used
     m = Llama.from_pretrained("org/repo", "ggml-vocab-llama-spm.gguf", cache_dir=tmp_path / "cache",
                               vocab_only=True, verbose=False)
