@@ -117,6 +117,35 @@ class LLM:
         self.last_stats: GenerationStats | None = None
 
     # -- context management ----------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename_or_tag: str | None = None, *,
+                        cache_dir: str | os.PathLike | None = None, revision: str = "main",
+                        token: str | bool | None = None, progress: bool = True, **llm_kwargs: Any) -> "LLM":
+        """Loads a GGUF model of a Hugging Face repository, downloading it into the Hugging Face
+        cache first when it is not there (:func:`cyllama.download_model`; ``HF_ENDPOINT``,
+        ``HF_TOKEN`` and ``HF_HUB_OFFLINE`` apply).
+
+        ``filename_or_tag``: an Ollama-style tag (``"q4_k_m"``, ``"q8"``: the matching GGUF of the
+        repository's file list), a file name (``"sub/model-Q8_0.gguf"``) or a glob (``"*q8_0.gguf"``);
+        None takes the tag after ``:`` in ``repo_id`` (``"user/model:q8_0"``), else the default
+        (Q4_K_M, else the first GGUF). ``llm_kwargs`` go to :class:`LLM`.
+        """
+        from .download import download_model
+        from .download._names import is_glob
+
+        dl: dict[str, Any] = {"cache_dir": cache_dir, "revision": revision, "token": token, "progress": progress}
+        if filename_or_tag is None:
+            path = download_model(repo_id, **dl)
+        elif not isinstance(filename_or_tag, str) or not filename_or_tag.strip():
+            raise ValueError(f"filename_or_tag must be a tag, file name or glob, got {filename_or_tag!r}")
+        elif ":" in repo_id:
+            raise ValueError(f"{repo_id!r} already names a tag; pass filename_or_tag or a tag, not both")
+        elif "/" in filename_or_tag or is_glob(filename_or_tag):
+            path = download_model(repo_id, filename=filename_or_tag, **dl)
+        else:
+            path = download_model(f"{repo_id}:{filename_or_tag}", **dl)
+        return cls(path, **llm_kwargs)
+
     @property
     def n_ctx(self) -> int:
         """The current context size (0 before the first call when the size is automatic)."""

@@ -1,5 +1,5 @@
-"""Command line: ``cyllama info``, ``generate``, ``chat``, ``serve``, ``rpc-server`` and ``transcribe``
-(also ``python -m cyllama``)."""
+"""Command line: ``cyllama info``, ``generate``, ``chat``, ``serve``, ``rpc-server``, ``transcribe``
+and ``download`` (also ``python -m cyllama``)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,29 @@ def _info(args: argparse.Namespace) -> int:
     else:
         for k, v in data.items():
             print(f"{k:18} {', '.join(map(str, v)) if isinstance(v, list) else v}")
+    return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from .download import DownloadError, download_model, list_cached_models
+
+    if args.list:
+        if args.repo or args.url:
+            raise ValueError("--list takes no repository or URL")
+        for m in list_cached_models(args.cache_dir):
+            size = f"{m['size'] / 2**20:,.1f} MiB"
+            print(f"{m['user']}/{m['model']}:{m['tag']}\t{size}\t{m['path']}")
+        return 0
+    if (args.repo is None) == (args.url is None):
+        raise ValueError("give a repository (user/model[:tag]) or --url, not both")
+    try:
+        path = download_model(args.repo, url=args.url, output_path=args.output, cache_dir=args.cache_dir,
+                              filename=args.file, revision=args.revision, token=args.token,
+                              progress=not args.quiet, force_download=args.force)
+    except DownloadError as exc:
+        print(f"cyllama: {exc}", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 
@@ -352,6 +375,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mongoose", action="store_true", help="serve with the Mongoose C event loop (cymongoose)")
     _multi_host(s)
     s.set_defaults(fn=_serve)
+    d = sub.add_parser("download", help="download a GGUF model from the Hugging Face Hub (or a URL) and print its "
+                       "path; --list shows the cached models")
+    d.add_argument("repo", nargs="?", help="user/model[:tag], e.g. bartowski/Llama-3.2-1B-Instruct-GGUF:q4_k_m "
+                   "(no tag: Q4_K_M, else the first GGUF)")
+    d.add_argument("-f", "--file", help="a file name or glob in the repository instead of a tag")
+    d.add_argument("--url", help="download this http(s) URL instead")
+    d.add_argument("-o", "--output", help="put the file here (a file path, or a folder ending in '/')")
+    d.add_argument("--cache-dir", help="the Hugging Face cache to use (default: HF_HUB_CACHE, HF_HOME/hub, "
+                   "~/.cache/huggingface/hub)")
+    d.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
+    d.add_argument("--token", help="Hugging Face token (default: HF_TOKEN, or the stored login)")
+    d.add_argument("--force", action="store_true", help="download again even when cached")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--list", action="store_true", help="list the GGUF models in the cache")
+    d.set_defaults(fn=_download)
     r = sub.add_parser("rpc-server", help="lend this machine to a model loaded elsewhere (llama.cpp's rpc-server; "
                        "no authentication: loopback or a trusted private network only)")
     r.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")

@@ -41,7 +41,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login token
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    for state in serve():
+    with serve() as state:
         monkeypatch.setenv("HF_ENDPOINT", state.url)
         yield state
 
@@ -420,3 +420,58 @@ def test_without_huggingface_hub(hub: Hub, tmp_path: Path) -> None:
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["Tiny-Q8_0.gguf", "False", "FileNotFoundError"]
+
+
+# -- LLM.from_pretrained ----------------------------------------------------------------------
+
+def test_llm_from_pretrained(hub: Hub, tmp_path: Path, model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real default model, served by the emulated Hub, found by its tag and generating what
+    the same file loaded from its own path generates."""
+    from cyllama import LLM
+
+    repo = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
+    hub.add(repo, ["mmproj-SmolLM2-F16.gguf", "README.md"], files={model_path.name: model_path.read_bytes()})
+    opts = {"temperature": 0.0, "max_tokens": 8, "n_ctx": 256, "n_threads": 2, "ignore_eos": True}
+    with LLM(model_path, **opts) as local:
+        expected = local("The capital of France is")
+    cache = tmp_path / "hf"
+    with LLM.from_pretrained(repo, "q4_1", cache_dir=cache, progress=False, **opts) as llm:
+        assert llm.model_path == cache / f"models--{repo.replace('/', '--')}" / "snapshots" / hub.commit(repo) / \
+            model_path.name
+        got = llm("The capital of France is")
+        assert got == expected and len(llm.tokenize(got, add_bos=False)) >= 4
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    n = len(hub.log)
+    for args in ((repo + ":q4_1",), (repo, "*Q4_1.gguf"), (repo,)):  # the only model file cached
+        with LLM.from_pretrained(*args, cache_dir=cache, **opts) as again:
+            assert again("The capital of France is") == expected
+    assert len(hub.log) == n
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
+        LLM.from_pretrained(repo, "q8_0", cache_dir=cache, **opts)
+    with pytest.raises(ValueError, match="both"):
+        LLM.from_pretrained(repo + ":q4_1", "q4_1", cache_dir=cache, **opts)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+def test_cli_download_and_list(hub: Hub, client: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from cyllama.cli import main
+
+    files = hub.add("tiny/Tiny-GGUF", GGUFS)
+    cache = str(tmp_path / "c")
+    assert main(["download", "tiny/Tiny-GGUF:q8", "--cache-dir", cache, "-q"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.name == "Tiny-Q8_0.gguf" and path.read_bytes() == files["Tiny-Q8_0.gguf"]
+    assert main(["download", "tiny/Tiny-GGUF", "-f", "*q4_0.gguf", "-o", str(tmp_path / "out") + "/",
+                 "--cache-dir", cache, "-q"]) == 0
+    assert Path(capsys.readouterr().out.strip()) == (tmp_path / "out" / "Tiny-Q4_0.gguf").resolve()
+    assert main(["download", "--list", "--cache-dir", cache]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == ["tiny/Tiny-GGUF:Q4_0", "tiny/Tiny-GGUF:Q8_0"]
+    assert lines[1].split("\t")[2] == str(path)
+    for argv, message in ((["download", "tiny/Tiny-GGUF:q2", "--cache-dir", cache], "Q4_K_M"),
+                          (["download", "../x", "--cache-dir", cache], "invalid"),
+                          (["download", "nobody/None", "--cache-dir", cache], "not found"),
+                          (["download"], "repository")):
+        assert main(argv) == 1
+        assert message in capsys.readouterr().err
