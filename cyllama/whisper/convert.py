@@ -41,8 +41,9 @@ import struct
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
@@ -221,17 +222,37 @@ def _whisper_tensors(v: dict[str, np.ndarray], n_enc: int, n_dec: int) -> list[t
     return t
 
 
+def write_tensor_record(f: BinaryIO, name: str, data: np.ndarray, f16: bool) -> None:
+    """One tensor of a whisper.cpp ggml file (the model's and the VAD model's): dimension count,
+    name length, type (1 f16, 0 f32), the shape innermost first, the name, the data."""
+    encoded = name.encode("utf-8")
+    f.write(struct.pack(f"<3i{data.ndim}i", data.ndim, len(encoded), 1 if f16 else 0, *reversed(data.shape)))
+    f.write(encoded)
+    f.write(data.tobytes())
+
+
+@contextmanager
+def atomic_output(out_path: Path) -> Iterator[BinaryIO]:
+    """A file to write ``out_path`` through: a temporary file in the same folder, moved into place
+    (mode 0644) only when the block ends without an exception, removed otherwise."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600
+        os.replace(tmp_name, out_path)
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+
+
 def _write_tensor(f: BinaryIO, name: str, data: np.ndarray) -> None:
     if name in ("encoder.conv1.bias", "encoder.conv2.bias"):
         data = data.reshape(-1, 1)
     # Positional embeddings are matrices but whisper.cpp wants them in f32.
     use_f16 = data.ndim >= 2 and not name.endswith(("positional_embedding", ".bias"))
-    data = np.ascontiguousarray(data, dtype="<f2" if use_f16 else "<f4")
-    encoded = name.encode("utf-8")
-    f.write(struct.pack("<iii", data.ndim, len(encoded), 1 if use_f16 else 0))
-    f.write(struct.pack(f"<{data.ndim}i", *reversed(data.shape)))
-    f.write(encoded)
-    f.write(data.tobytes())
+    write_tensor_record(f, name, np.ascontiguousarray(data, dtype="<f2" if use_f16 else "<f4"), use_f16)
 
 
 def convert_ct2_to_ggml(model_dir: str | Path, out_path: str | Path) -> Path:
@@ -265,24 +286,16 @@ def convert_ct2_to_ggml(model_dir: str | Path, out_path: str | Path) -> Path:
     hparams = (n_vocab, n_audio_ctx, n_audio_state, n_audio_head, n_enc,
                n_text_ctx, n_text_state, n_text_head, n_dec, n_mels, 1)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<I11i", GGML_MAGIC, *map(int, hparams)))
-            f.write(struct.pack("<ii", *filters.shape))
-            f.write(filters.astype("<f4").tobytes())
-            f.write(struct.pack("<i", len(tokens)))
-            for tok in tokens:
-                f.write(struct.pack("<i", len(tok)))
-                f.write(tok)
-            for name, data in tensors:
-                _write_tensor(f, name, data)
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+    with atomic_output(out_path) as f:
+        f.write(struct.pack("<I11i", GGML_MAGIC, *map(int, hparams)))
+        f.write(struct.pack("<ii", *filters.shape))
+        f.write(filters.astype("<f4").tobytes())
+        f.write(struct.pack("<i", len(tokens)))
+        for tok in tokens:
+            f.write(struct.pack("<i", len(tok)))
+            f.write(tok)
+        for name, data in tensors:
+            _write_tensor(f, name, data)
     return out_path
 
 

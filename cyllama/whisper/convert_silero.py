@@ -25,7 +25,6 @@ import os
 import pickle
 import struct
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .convert import GGML_MAGIC
+from .convert import GGML_MAGIC, atomic_output, write_tensor_record
 
 __all__ = ["read_torchscript_tensors", "convert_silero_vad", "main"]
 
@@ -199,36 +198,23 @@ def convert_silero_vad(jit_path: str | os.PathLike, out_path: str | os.PathLike,
     tensors = read_torchscript_tensors(jit_path)
     keys = _silero_tensors(tensors)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=out_path.name + ".", suffix=".tmp", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            model_type = b"silero-16k"
-            f.write(struct.pack("<ii", GGML_MAGIC, len(model_type)) + model_type)
-            f.write(struct.pack("<6i", major, minor, patch, 512, 64, _N_ENCODER))
-            for i in range(_N_ENCODER):
-                f.write(struct.pack("<3i", _ENCODER_IN[i], _ENCODER_OUT[i], _KERNEL))
-            f.write(struct.pack("<4i", 128, 128, 128, 1))
-            for key in keys:
-                data = np.asarray(tensors[key], dtype=np.float32)
-                if key == _STFT_KEY:
-                    if data.ndim != 3:
-                        raise ValueError(f"{key} must have 3 dimensions, has shape {data.shape}")
-                    f16 = True
-                else:
-                    data = data.squeeze()
-                    f16 = "weight" in key and ("encoder" in key or "_model.decoder.decoder.2" in key)
-                data = np.asarray(data, dtype="<f2" if f16 else "<f4")  # 0-d stays 0-d
-                shape = list(reversed(data.shape[:4]))
-                name = key.encode("utf-8")
-                f.write(struct.pack(f"<3i{len(shape)}i", len(shape), len(name), 1 if f16 else 0, *shape))
-                f.write(name)
-                f.write(data.tobytes())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600
-        os.replace(tmp_name, out_path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+    with atomic_output(out_path) as f:
+        model_type = b"silero-16k"
+        f.write(struct.pack("<ii", GGML_MAGIC, len(model_type)) + model_type)
+        f.write(struct.pack("<6i", major, minor, patch, 512, 64, _N_ENCODER))
+        for i in range(_N_ENCODER):
+            f.write(struct.pack("<3i", _ENCODER_IN[i], _ENCODER_OUT[i], _KERNEL))
+        f.write(struct.pack("<4i", 128, 128, 128, 1))
+        for key in keys:
+            data = np.asarray(tensors[key], dtype=np.float32)
+            if key == _STFT_KEY:
+                if data.ndim != 3:
+                    raise ValueError(f"{key} must have 3 dimensions, has shape {data.shape}")
+                f16 = True
+            else:
+                data = data.squeeze()
+                f16 = "weight" in key and ("encoder" in key or "_model.decoder.decoder.2" in key)
+            write_tensor_record(f, key, np.asarray(data, dtype="<f2" if f16 else "<f4"), f16)  # 0-d stays 0-d
     return out_path
 
 
