@@ -42,12 +42,6 @@ __all__ = [
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
-# The drop-in's from_pretrained (llama_cpp/_pretrained.py) uses these.
-_parse_repo_id = parse_repo_id
-_glob_select = glob_select
-_split_set = split_set
-
-
 def default_cache_dir() -> Path:
     """The Hugging Face cache Hub models go to: ``HF_HUB_CACHE``, ``HF_HOME/hub`` or
     ``~/.cache/huggingface/hub``."""
@@ -84,10 +78,7 @@ def _resolve(repo: str, revision: str, root: Path, token: str | bool | None, pro
     snap = _cache.snapshot_dir(root, repo, revision)
 
     def from_cache() -> Path | None:
-        try:
-            return _cache.cached_file(snap, pick(_cache.snapshot_files(snap)))
-        except FileNotFoundError:
-            return None
+        return _cache.find_cached(snap, pick)
 
     if _offline():
         hit = from_cache()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ._names import parse_repo_id, quant, split_base, split_info, split_set
 
-__all__ = ["hub_cache_root", "repo_folder", "snapshot_dir", "snapshot_files", "cached_file", "checked_key",
+__all__ = ["hub_cache_root", "repo_folder", "snapshot_dir", "snapshot_files", "cached_file", "find_cached", "checked_key",
            "link_into_snapshot", "write_ref", "list_cached_models"]
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -72,6 +72,15 @@ def cached_file(snap: Path | None, name: str) -> Path | None:
         return None
     paths = [snap / n for n in split_set(name)]
     return paths[0] if all(p.is_file() for p in paths) else None
+
+
+def find_cached(snap: Path | None, pick: Callable[[list[str]], str]) -> Path | None:
+    """The file ``pick`` chooses from the snapshot's files (it raises FileNotFoundError when none
+    fits), when it and every shard of a split model are there; else None."""
+    try:
+        return cached_file(snap, pick(snapshot_files(snap)))
+    except FileNotFoundError:
+        return None
 
 
 def link_into_snapshot(blob: Path, pointer: Path) -> None:
