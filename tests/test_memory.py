@@ -3,36 +3,20 @@ KV-cache and compute buffer sizes it reports when it creates a context)."""
 
 from __future__ import annotations
 
-import logging
 import re
 
 import pytest
 
 from cyllama import LlamaContext, LlamaContextParams, LlamaModel, _assets, estimate_gpu_layers, estimate_memory_usage
-from cyllama import set_verbose
+from conftest import native_log_lines
 
 _SIZE = re.compile(r"(KV|compute) buffer size =\s+([0-9.]+) MiB")
 
 
 def llama_cpp_sizes(model: LlamaModel, n_ctx: int, swa_full: bool = True) -> dict[str, float]:
     """What llama.cpp reports for a context of ``n_ctx`` (MiB), read from its log."""
-    lines: list[str] = []
-
-    class Grab(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    log = logging.getLogger("cyllama.native")
-    handler, level = Grab(), log.level
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG)
-    set_verbose(True)
-    try:
+    with native_log_lines() as lines:
         LlamaContext(model, LlamaContextParams(n_ctx=n_ctx, n_batch=512, swa_full=swa_full)).close()
-    finally:
-        set_verbose(False)
-        log.removeHandler(handler)
-        log.setLevel(level)
     out: dict[str, float] = {}
     for line in lines:
         m = _SIZE.search(line)

@@ -9,7 +9,6 @@ accept a divergence only where the two tokens are near-tied (as tests/test_specu
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 import socket
 import struct
@@ -24,11 +23,11 @@ import pytest
 import requests
 
 from cyllama import LLM, GenerationConfig, LlamaContext, LlamaContextParams, LlamaModel, LlamaModelParams, RpcError
-from cyllama import set_verbose
 from cyllama._ffi import ffi, lib_dir
 from cyllama._generation import eval_prompt
 from cyllama.llama import rpc
 from cyllama.server import RpcServer, ServerLauncher
+from conftest import native_log_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 NEAR_TIE = 0.3
@@ -164,25 +163,10 @@ def placement(model_path):
     allocator has not held a model before): (MiB each server's memory grew by, the model buffer
     MiB on each server from llama.cpp's log, in server order, the weights' MiB, the MiB still
     allocated after the model closed)."""
-    lines: list[str] = []
-
-    class Grab(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
     with two_servers() as (a, b):
         before = mem_mib(a.pid), mem_mib(b.pid)
-        log = logging.getLogger("cyllama.native")
-        handler, level = Grab(), log.level
-        log.addHandler(handler)
-        log.setLevel(logging.DEBUG)
-        set_verbose(True)
-        try:
+        with native_log_lines() as lines:
             model = LlamaModel(model_path, LlamaModelParams(rpc_servers=[a.endpoint, b.endpoint]))
-        finally:
-            set_verbose(False)
-            log.removeHandler(handler)
-            log.setLevel(level)
         try:
             grown = mem_mib(a.pid) - before[0], mem_mib(b.pid) - before[1]
             buffers = {m.group(1): float(m.group(2)) for line in lines if (m := _BUFFER.search(line))}

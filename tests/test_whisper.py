@@ -16,7 +16,6 @@ from cyllama.whisper import (
     WhisperContext,
     WhisperParams,
     convert_ct2_to_ggml,
-    default_model_path,
     lang_id,
     lang_str,
     languages,
@@ -28,23 +27,6 @@ PHRASE = "ask not what your country can do for you"
 
 def norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
-
-
-@pytest.fixture(scope="module")
-def whisper_model() -> Path:
-    return default_model_path()
-
-
-@pytest.fixture(scope="module")
-def jfk() -> Path:
-    return _assets.speech_sample_path()
-
-
-@pytest.fixture(scope="module")
-def wctx(whisper_model: Path) -> WhisperContext:
-    ctx = WhisperContext(whisper_model)
-    yield ctx
-    ctx.close()
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ from cyllama.whisper import (
     WhisperState,
     check_vad_file,
     convert_silero_vad,
-    default_model_path,
     read_wav,
     temperatures,
     vad_model_path,
@@ -40,25 +39,8 @@ LINE = re.compile(r"^\[(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(
 
 
 @pytest.fixture(scope="module")
-def whisper_model() -> Path:
-    return default_model_path()
-
-
-@pytest.fixture(scope="module")
-def jfk() -> Path:
-    return _assets.speech_sample_path()
-
-
-@pytest.fixture(scope="module")
 def vad_model() -> Path:
     return vad_model_path()
-
-
-@pytest.fixture(scope="module")
-def wctx(whisper_model: Path) -> WhisperContext:
-    ctx = WhisperContext(whisper_model)
-    yield ctx
-    ctx.close()
 
 
 def whisper_cli(model: Path, audio: Path, *args: str) -> tuple[list[tuple[float, float, str]], str]:
