@@ -7,10 +7,10 @@ everything at its level. The last error lines are kept so that a failed load can
 
 from __future__ import annotations
 
-__all__ = ["set_verbose", "is_verbose", "install", "last_errors", "native_logger"]
+__all__ = ["set_verbose", "is_verbose", "install", "last_errors", "native_logger", "set_log_hook"]
 
 import collections
-from typing import Any
+from typing import Any, Callable
 import logging
 import threading
 
@@ -26,6 +26,7 @@ _verbose = False
 _recent_errors: collections.deque[str] = collections.deque(maxlen=8)
 _installed: set[str] = set()
 _install_lock = threading.Lock()
+_hook: Callable[[int, bytes], None] | None = None
 
 
 def set_verbose(verbose: bool) -> None:
@@ -59,6 +60,20 @@ class quiet_errors:
         _state.quiet -= 1
 
 
+def set_log_hook(hook: Callable[[int, bytes], None] | None) -> None:
+    """Also passes every native log chunk, as llama.cpp sends it, to ``hook(level, text_bytes)``
+    (``None`` removes it); cyllama's own handling is unchanged. Used by the drop-in's ``llama_log_set``."""
+    global _hook
+    _hook = hook
+
+
+def _call_hook(hook: Callable[[int, bytes], None], level: int, text: bytes) -> None:
+    try:
+        hook(level, text)
+    except Exception:
+        logging.getLogger("cyllama").exception("the log callback given to llama_log_set raised")
+
+
 def _emit(level: int, text: str) -> None:
     if level >= logging.WARNING:
         _recent_errors.append(text)
@@ -70,7 +85,11 @@ def _emit(level: int, text: str) -> None:
 
 @ffi.callback("void(enum ggml_log_level, const char *, void *)", onerror=lambda *a: None)
 def _log_callback(level: int, text: Any, user_data: Any) -> None:  # type: ignore[name-defined]
-    msg = ffi.string(text).decode("utf-8", "replace")
+    raw = ffi.string(text)
+    hook = _hook
+    if hook is not None:
+        _call_hook(hook, level, raw)
+    msg = raw.decode("utf-8", "replace")
     # CONT continues the previous message; llama.cpp also emits partial lines ("." progress dots)
     buf = getattr(_state, "buf", "")
     if level != 5:

@@ -134,7 +134,8 @@ NOT_MIRRORED = {
         "Llama3VisionAlpha", "MiniCPMv26ChatHandler", "Qwen25VLChatHandler", "Singleton", "logger", "llama",
     },
 }
-#: llama_cpp.llama_cpp functions the drop-in provides (the rest of the ctypes binding is not mirrored)
+#: llama_cpp.llama_cpp functions with cyllama's own Python side (every function of llama.h is there too:
+#: tests/test_llama_cpp_lowlevel.py)
 CTYPES_FUNCTIONS_MIRRORED = {
     "llama_model_default_params", "llama_context_default_params", "llama_sampler_chain_default_params",
     "llama_supports_mmap", "llama_supports_mlock", "llama_supports_gpu_offload", "llama_supports_rpc",

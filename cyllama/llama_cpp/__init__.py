@@ -12,10 +12,11 @@ Change ``from llama_cpp import Llama`` to ``from cyllama.llama_cpp import Llama`
 
 Return values are the dicts llama-cpp-python returns (OpenAI shapes). Differences:
 
-* the ctypes functions, structs and pointer types of ``llama_cpp.llama_cpp`` are not mirrored (its
-  ``LLAMA_*``/``GGML_*`` constants, ``llama_model_default_params()``, ``llama_context_default_params()``
-  and ``llama_supports_*`` are; ``llama_cpp._internals`` wraps cyllama's core classes);
-  ``Llama.ctx`` / ``Llama.model`` are cffi pointers for ``cyllama.llama._backend.lib``;
+* ``llama_cpp.llama_cpp``'s functions (``llama_decode``, ``llama_tokenize``...) call cyllama's cffi
+  binding: pointers are cffi cdata and buffers come from ``ffi.new``; ctypes objects are refused
+  with a ``TypeError`` naming the cffi equivalent, and its ctypes structs, pointer types and
+  callback types are not mirrored (``llama_cpp._internals`` wraps cyllama's core classes);
+  ``Llama.ctx`` / ``Llama.model`` are cffi pointers, which these functions take;
 * more is accepted: ``logprobs`` without ``logits_all=True``, ``echo`` while streaming,
   ``response_format`` of type ``json_schema``; bad arguments raise at the call (also with
   ``stream=True``) with ``ValueError``/``TypeError``;
@@ -39,8 +40,8 @@ from .llama_grammar import (ARITHMETIC_GBNF, C_GBNF, CHESS_GBNF, JAPANESE_GBNF, 
 from .llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
 from .llama_tokenizer import BaseLlamaTokenizer, LlamaHFTokenizer, LlamaTokenizer
 
-# the LLAMA_* / GGML_* constants and parameter defaults, and every OpenAI-shaped type, at the top
-# level as llama-cpp-python has them
+# the LLAMA_* / GGML_* constants, parameter defaults and llama.h functions, and every OpenAI-shaped
+# type, at the top level as llama-cpp-python has them
 _constants = list(llama_cpp.__all__)
 _types = list(llama_types.__all__)
 globals().update({name: getattr(llama_cpp, name) for name in _constants})

@@ -1,32 +1,45 @@
-"""The constants of llama.cpp and ggml under llama-cpp-python's names, and its parameter defaults.
+"""llama-cpp-python's low-level module ``llama_cpp.llama_cpp`` on cyllama's cffi binding.
 
-llama-cpp-python's ``llama_cpp.llama_cpp`` module is its ctypes binding; code that reads constants
-from it (``llama_cpp.LLAMA_SPLIT_MODE_LAYER``, ``llama_cpp.GGML_TYPE_Q8_0``,
-``llama_cpp.LLAMA_POOLING_TYPE_MEAN``...) works unchanged, and so do
-``llama_model_default_params()`` / ``llama_context_default_params()`` (cyllama's validated
-parameter classes, which ``llama_cpp._internals`` takes) and the ``llama_supports_*`` queries.
-The other low-level functions, the ctypes structs and pointer types are not mirrored: cyllama's
-core classes (:class:`cyllama.LlamaModel`, :class:`cyllama.LlamaContext`,
-:class:`cyllama.LlamaSampler`...), ``llama_cpp._internals`` and ``cyllama.llama._backend.lib``
-(the cffi library) replace them.
+* The ``LLAMA_*``/``GGML_*`` constants, read from the cffi declarations of the pinned headers (so
+  they cannot drift); the few in llama.cpp's private headers (``LLAMA_VOCAB_PRE_TYPE_*``) are
+  llama-cpp-python's.
+* ``llama_model_default_params()`` / ``llama_context_default_params()`` /
+  ``llama_sampler_chain_default_params()``: cyllama's validated parameter classes (which
+  ``llama_cpp._internals`` takes, and which the functions below accept where llama.h takes the
+  struct by value).
+* Every function of ``llama.h`` under its name (``llama_model_load_from_file``, ``llama_decode``,
+  ``llama_get_logits_ith``...), calling cyllama's cffi library (see ``_lowlevel``). Pointers are
+  cffi cdata: the ones these functions return, a core object's ``.ptr`` (:class:`cyllama.LlamaModel`,
+  :class:`cyllama.LlamaContext`, :class:`cyllama.LlamaVocab`...), ``llama_cpp._internals``'
+  ``.model``/``.ctx``/``.vocab``, or buffers from ``ffi.new`` (``ffi`` is importable from here).
+  As with ctypes, ``char *`` results are ``bytes`` and NULL results ``None``. ctypes objects
+  (``ctypes.byref``, ctypes arrays, ``ctypes.c_void_p``, ctypes structs, ``CFUNCTYPE`` callbacks)
+  are refused with a ``TypeError`` that names the cffi equivalent.
+* ``llama_log_set(callback, user_data)`` takes a Python callable; ``llama_backend_init()`` is
+  cyllama's (idempotent) backend initialisation, which the functions also run on first use.
+* llama-cpp-python's ctypes types (structs such as ``llama_batch``, pointer types such as
+  ``llama_model_p``, callback types such as ``llama_log_callback``) raise :class:`CtypesOnlyError`
+  (an ``AttributeError``) saying what to use instead.
 
-The values are read from the cffi declarations of the pinned headers, so they cannot drift; the
-few that live in llama.cpp's private headers (``LLAMA_VOCAB_PRE_TYPE_*``) are llama-cpp-python's.
+These functions check nothing beyond the argument types: like llama.h's, they trust their
+arguments (a freed pointer or a short buffer is undefined behaviour). cyllama's core classes are
+the checked interface.
 """
 
 from __future__ import annotations
 
 from .._ffi import ffi
 from ..llama._backend import lib as _lib
+from . import _lowlevel
 from ..llama.context import LlamaContextParams
 from ..llama.model import LlamaModelParams
 from ..llama.sampler import LlamaSamplerChainParams
 
-__all__ = ["LLAMA_DEFAULT_SEED", "LLAMA_MAX_DEVICES", "LLAMA_TOKEN_NULL", "llama_max_devices",
-           "llama_max_parallel_sequences", "llama_supports_mmap", "llama_supports_mlock",
-           "llama_supports_gpu_offload", "llama_supports_rpc", "llama_model_params", "llama_context_params",
+__all__ = ["LLAMA_DEFAULT_SEED", "LLAMA_TOKEN_NULL", "llama_model_params", "llama_context_params",
            "llama_sampler_chain_params", "llama_model_default_params", "llama_context_default_params",
-           "llama_sampler_chain_default_params", "llama_print_system_info"]
+           "llama_sampler_chain_default_params", "CtypesOnlyError"]
+
+__all__.append("LLAMA_MAX_DEVICES")  # read from the library on first use (__getattr__)
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 LLAMA_TOKEN_NULL = -1
@@ -123,39 +136,23 @@ def llama_sampler_chain_default_params() -> llama_sampler_chain_params:
     return llama_sampler_chain_params()
 
 
-def llama_supports_mmap() -> bool:
-    return bool(_lib.llama_supports_mmap())
+# -- the functions of llama.h ---------------------------------------------------------------------
+# one wrapper per llama_* function of the cffi declarations (see _lowlevel); the functions defined
+# above (parameter defaults) and the few with a Python side come first
+for _name, _fn in {**_lowlevel.wrap_functions(), "llama_log_set": _lowlevel.llama_log_set,
+                   "llama_backend_init": _lowlevel.llama_backend_init,
+                   "llama_set_adapter_lora": _lowlevel.llama_set_adapter_lora,
+                   "llama_apply_adapter_cvec": _lowlevel.llama_apply_adapter_cvec}.items():
+    if _name not in globals():
+        globals()[_name] = _fn
+        __all__.append(_name)
+del _name, _fn
 
-
-def llama_supports_mlock() -> bool:
-    return bool(_lib.llama_supports_mlock())
-
-
-def llama_supports_gpu_offload() -> bool:
-    return bool(_lib.llama_supports_gpu_offload())
-
-
-def llama_supports_rpc() -> bool:
-    return bool(_lib.llama_supports_rpc())
-
-
-def llama_print_system_info() -> bytes:
-    """llama.cpp's system information line (bytes, as the C function's string)."""
-    from ..llama._backend import system_info
-
-    return system_info().encode("utf-8")
-
-
-def llama_max_devices() -> int:
-    return int(_lib.llama_max_devices())
-
-
-def llama_max_parallel_sequences() -> int:
-    return int(_lib.llama_max_parallel_sequences())
+#: The names of llama-cpp-python's ctypes binding that have no counterpart here raise this.
+CtypesOnlyError = _lowlevel.CtypesOnlyError
 
 
 def __getattr__(name: str):  # LLAMA_MAX_DEVICES needs the library: read it on first use
     if name == "LLAMA_MAX_DEVICES":
-        return llama_max_devices()
-    raise AttributeError(f"cyllama.llama_cpp.llama_cpp has no attribute {name!r} (the ctypes functions of "
-                         "llama-cpp-python are not mirrored; use cyllama's core classes)")
+        return globals()["llama_max_devices"]()
+    raise _lowlevel.missing_name_error(name)
