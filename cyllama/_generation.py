@@ -217,16 +217,23 @@ class Generation:
     decoded; otherwise the driver decodes ``chunk.token`` at position ``n_past`` and steps again.
     ``finish(reason)`` ends it early ("cancelled", "error"). ``stats()`` gives its
     :class:`~cyllama.GenerationStats`.
+
+    A ``stopping_criteria(ids, logits)`` callable (the token ids so far and the logits just sampled
+    from, after the logits processor) ends the generation with "stop" when it returns true; the
+    token just sampled is then dropped, as in transformers and llama-cpp-python. A driver that puts
+    tokens of its own into the sequence between steps tells the generation with :meth:`insert`.
     """
 
     __slots__ = ("vocab", "sampler", "owns_sampler", "text", "max_tokens", "ignore_eos", "n_top", "processor",
-                 "_ids", "n_ctx", "prompt_tokens", "cached_tokens", "completion_tokens", "finish_reason",
-                 "t_start", "t_prompt_done", "t_first", "t_end", "_vptr", "draft_tokens", "accepted_tokens")
+                 "criteria", "_ids", "n_ctx", "prompt_tokens", "cached_tokens", "completion_tokens",
+                 "finish_reason", "t_start", "t_prompt_done", "t_first", "t_end", "_vptr", "draft_tokens",
+                 "accepted_tokens")
 
     def __init__(self, vocab: LlamaVocab, sampler: LlamaSampler | GatedSampler, prompt: Sequence[int], max_tokens: int,
                  n_ctx: int,
                  *, stop: Sequence[str] = (), ignore_eos: bool = False, logprobs: int | None = None,
                  logits_processor: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+                 stopping_criteria: Callable[[np.ndarray, np.ndarray], Any] | None = None,
                  owns_sampler: bool = False, preserve: Sequence[int] = ()):
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
@@ -235,7 +242,8 @@ class Generation:
         self.text = TextStream(vocab, stop, preserve=preserve)
         self.max_tokens, self.n_ctx = max_tokens, n_ctx
         self.ignore_eos, self.n_top, self.processor = ignore_eos, logprobs, logits_processor
-        self._ids = _IdBuffer(prompt) if logits_processor is not None else None
+        self.criteria = stopping_criteria
+        self._ids = _IdBuffer(prompt) if logits_processor is not None or stopping_criteria is not None else None
         self.prompt_tokens, self.cached_tokens = len(prompt), 0
         self.completion_tokens: list[int] = []
         self.finish_reason: str | None = None
@@ -274,9 +282,18 @@ class Generation:
     def prompt_evaluated(self) -> None:
         self.t_prompt_done = time.perf_counter()
 
+    def insert(self, tokens: Sequence[int]) -> None:
+        """Tokens the driver put into the sequence after the last sampled one (not output, not
+        counted): the logits processor and the stopping criteria see them from now on."""
+        if self._ids is not None:
+            for t in tokens:
+                self._ids.append(int(t))
+
     def step(self, ctx: LlamaContext, idx: int, n_past: int) -> GenerationChunk:
         ids = self._ids.view() if self._ids is not None else None
         tok, info = sample_token(ctx, self.sampler, idx, ids, self.n_top, self.processor)
+        if self.criteria is not None and self.criteria(ids, ctx.get_logits_ith(idx)):
+            return self.finish("stop")
         if not self.ignore_eos and lib.llama_vocab_is_eog(self._vptr, tok):
             return self.finish("stop")
         if not self.completion_tokens:

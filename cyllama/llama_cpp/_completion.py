@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
-from .._generation import TextStream
 from .._grammar_gate import preserved_tokens
 from ._common import LogitsProcessorList, StoppingCriteriaList, longest_token_prefix
 
@@ -352,56 +351,44 @@ class CompletionMixin:
             raw[0] = logits.copy() if copy_logits else logits
 
         sampler = self._build_sampler(p.cfg, p.grammar)
-        gen = self._generate_tokens(p.prompt_tokens, sampler, True, p.logits_processor, p.stopping_criteria,
-                                    on_logits if want_lp else None)
-        stream = TextStream(vocab, p.stop, preserve=preserved_tokens(p.grammar))
+        gen = self._generate_tokens(p.prompt_tokens, sampler, True, on_logits if want_lp else None,
+                                    max_tokens=p.max_tokens, stop=p.stop, logits_processor=p.logits_processor,
+                                    stopping_criteria=p.stopping_criteria, preserve=preserved_tokens(p.grammar))
         offsets = codecs.getincrementaldecoder("utf-8")("ignore")
-        is_eog = vocab.is_eog
         completion_tokens: List[int] = []
         parts: List[str] = []
-        finish_reason = "length"
+        finish_reason = "stop"  # without a last chunk: a new generation ended this one (an abandoned stream)
         try:
-            for token in gen:
-                if is_eog(token):
-                    finish_reason = "stop"
-                    break
-                completion_tokens.append(token)
-                if want_lp:
-                    lp, top = _logprob_entry(raw[0], token, n_top, self._piece_text)
-                    piece = vocab.token_to_bytes(token, special=False)
-                    (pending if p.stream else entries).append(
-                        (piece.decode("utf-8", errors="ignore"), text_offset, lp, top))
-                    text_offset += len(offsets.decode(piece))
-                text, stopped = stream.push(token)
-                if text:
+            for chunk in gen:  # the core's Generation: end-of-generation, stop strings, max_tokens, criteria
+                token = chunk.token
+                if token is not None:
+                    completion_tokens.append(token)
+                    if want_lp:
+                        lp, top = _logprob_entry(raw[0], token, n_top, self._piece_text)
+                        piece = vocab.token_to_bytes(token, special=False)
+                        (pending if p.stream else entries).append(
+                            (piece.decode("utf-8", errors="ignore"), text_offset, lp, top))
+                        text_offset += len(offsets.decode(piece))
+                if chunk.text:
                     if p.stream:
-                        yield self._chunk(p, text, pending)
+                        yield self._chunk(p, chunk.text, pending)
                         pending = []
                     else:
-                        parts.append(text)
-                if stopped:
-                    finish_reason = "stop"
-                    break
-                if len(completion_tokens) >= p.max_tokens:
-                    finish_reason = "length"
-                    break
-            else:
-                finish_reason = "stop"  # a stopping criterion ended the generation
+                        parts.append(chunk.text)
+                if chunk.finish_reason is not None:
+                    finish_reason = chunk.finish_reason
         finally:
             gen.close()
-        tail = stream.flush()
         if self.verbose:
             self._print_timings()
         if p.stream:
-            if tail:
-                yield self._chunk(p, tail, pending)
             if p.suffix_text:
                 yield self._chunk(p, p.suffix_text)
             yield self._chunk(p, "", None, finish_reason)
             self._save_to_cache(p.prompt_tokens + completion_tokens)
             return
         self._save_to_cache(p.prompt_tokens + completion_tokens)
-        text = "".join(parts) + tail
+        text = "".join(parts)
         if p.echo:
             text = p.prompt_text + text
         if p.suffix_text:

@@ -26,7 +26,7 @@ from .._grammar_gate import GatedSampler, Grammar, GrammarGate
 from .._openai.tool_formats import single_token
 from .._errors import ModelLoadError
 from .._ffi import ffi
-from .._generation import reuse_prefix, sample_token
+from .._generation import sample_token
 from ..llama._backend import default_n_threads, lib, system_info
 from ..llama.batch import LlamaBatch
 from ..llama.context import LlamaContext, LlamaContextParams
@@ -37,6 +37,7 @@ from . import llama_cpp as _C
 from ._common import (LlamaState, LogitsProcessorList, StoppingCriteriaList, logits_to_logprobs,
                       longest_token_prefix)
 from ._completion import CompletionMixin
+from ._driver import token_ids, token_loop
 from .llama_cache import BaseLlamaCache
 from .llama_grammar import LlamaGrammar
 from .llama_tokenizer import BaseLlamaTokenizer, LlamaTokenizer
@@ -611,77 +612,19 @@ class Llama(CompletionMixin):
         sampler = self._init_sampler(top_k, top_p, min_p, typical_p, temp, repeat_penalty, frequency_penalty,
                                      presence_penalty, tfs_z, mirostat_mode, mirostat_eta, mirostat_tau,
                                      penalize_nl, logits_processor, grammar)
-        return self._generate_tokens(toks, sampler, reset, logits_processor, stopping_criteria)
+        # generate() never stops by itself: no length limit, and a full context raises on the next eval
+        return token_ids(self._generate_tokens(toks, sampler, reset, None, max_tokens=sys.maxsize, n_ctx=sys.maxsize,
+                                               ignore_eos=True, logits_processor=logits_processor,
+                                               stopping_criteria=stopping_criteria))
 
-    def _generate_tokens(self, tokens: List[int], sampler: LlamaSampler, reset: bool, logits_processor: Any,
-                         stopping_criteria: Any, on_logits: Optional[Callable[[np.ndarray], None]] = None):
+    def _generate_tokens(self, tokens: List[int], sampler: Any, reset: bool,
+                         on_logits: Optional[Callable[[np.ndarray], None]] = None, **gen_kw: Any):
+        """The decoding core's :class:`~cyllama._generation.Generation` driven on this object's state
+        (:func:`cyllama.llama_cpp._driver.token_loop`): an iterator of its chunks."""
         me: List[Any] = []
-        gen = self._token_loop(tokens, sampler, reset, logits_processor, stopping_criteria, on_logits, me)
-        me.append(gen)
-        return gen
-
-    def _token_loop(self, tokens: List[int], sampler: LlamaSampler, reset: bool, logits_processor: Any,
-                    stopping_criteria: Any, on_logits: Any, me: List[Any]):
-        try:
-            self._claim(me[0])
-            ctx = self._require_ctx()
-            tokens = list(tokens)
-            if reset and self.n_tokens > 0:
-                prefix = longest_token_prefix(self._input_ids, tokens)
-                if prefix == len(tokens) == self.n_tokens and not self._requires_eval:
-                    reset, tokens = False, []  # the whole prompt is evaluated and its logits are live
-                elif tokens:
-                    cache = self.input_ids[: self.n_tokens].tolist()
-                    n = reuse_prefix(ctx, cache, tokens)  # keeps at least the last prompt token to evaluate
-                    if n > 0:
-                        reset, tokens = False, tokens[n:]
-                        self.n_tokens = n
-                        self._requires_eval = True
-                        if self.verbose:
-                            print(f"Llama.generate: {n} prefix-match hit, remaining {len(tokens)} prompt tokens "
-                                  "to eval", file=sys.stderr)
-            if reset:
-                self.reset()
-            if not tokens and self.n_tokens == 0:
-                raise ValueError("the prompt is empty")
-            draft = self.draft_model
-            all_logits = self._logits_all or draft is not None
-            sample_idx = self.n_tokens + len(tokens) - 1  # position whose logits give the next token
-            while True:
-                if tokens:
-                    self._eval(tokens, all_logits)
-                while sample_idx < self.n_tokens:
-                    ridx = sample_idx - self.n_tokens
-                    if on_logits is not None:
-                        on_logits(ctx.get_logits_ith(ridx))
-                    token = self._sample_token(sampler, logits_processor, ridx, sample_idx + 1)
-                    sample_idx += 1
-                    if stopping_criteria is not None and stopping_criteria(
-                            self.input_ids[:sample_idx], ctx.get_logits_ith(ridx)):
-                        return
-                    sent = yield token
-                    tokens = [token]
-                    if sent:
-                        tokens.extend(int(t) for t in sent)
-                    drafted = sample_idx < self.n_tokens
-                    if drafted and not sent and token == self.input_ids[sample_idx]:
-                        tokens = []  # the draft guessed right: this token is evaluated already
-                        continue
-                    if drafted:  # a drafted token was wrong (or tokens were sent): drop the rest of the draft
-                        self.n_tokens = sample_idx
-                        ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
-                        self._requires_eval = True
-                    sample_idx = self.n_tokens + len(tokens) - 1  # sample after the last of ``tokens``
-                    break
-                end = self.n_tokens + len(tokens)
-                if draft is not None and tokens and end < self._n_ctx:
-                    self.input_ids[self.n_tokens:end] = tokens
-                    proposed = np.asarray(draft(self.input_ids[:end]), dtype=np.intc).reshape(-1)
-                    tokens.extend(int(t) for t in proposed[:self._n_ctx - end] if 0 <= t < self._n_vocab)
-        finally:
-            sampler.close()
-            if self._active is not None and self._active() is (me[0] if me else None):
-                self._active = None
+        loop = token_loop(self, tokens, sampler, reset, on_logits, gen_kw, me)
+        me.append(loop)
+        return loop
 
     def _claim(self, gen: Any) -> None:
         """Ends an unfinished generation (a stream left half-read) before a new one starts."""

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .._speculative import Drafter
+
 __all__ = ["LlamaDraftModel", "LlamaPromptLookupDecoding"]
 
 
@@ -47,3 +49,20 @@ class LlamaPromptLookupDecoding(LlamaDraftModel):
     def __call__(self, input_ids: npt.NDArray[np.intc], /, **kwargs: Any) -> npt.NDArray[np.intc]:
         return self.find_candidate_pred_tokens(input_ids=input_ids, max_ngram_size=self.max_ngram_size,
                                                num_pred_tokens=self.num_pred_tokens)
+
+
+class DraftModelDrafter(Drafter):
+    """A llama-cpp-python draft model (a callable of the token ids) as a drafter of the decoding
+    core: :class:`Llama` drives it as :func:`cyllama._generation.run_sequence` drives the core's own,
+    with the same adaptive :meth:`~cyllama._speculative.Drafter.budget`. ``history`` is the
+    ``input_ids`` array up to the token about to be decoded; drafted ids outside the vocabulary are
+    dropped."""
+
+    def __init__(self, model: Any, n_max: int, n_vocab: int):
+        if not callable(model):
+            raise TypeError(f"draft_model must be callable (a LlamaDraftModel), got {type(model).__name__}")
+        self.model, self.n_max, self.n_vocab = model, n_max, n_vocab
+
+    def draft(self, history: Any, n: int) -> list:
+        out = np.asarray(self.model(history), dtype=np.intc).reshape(-1)[:n]
+        return [int(t) for t in out if 0 <= t < self.n_vocab]
