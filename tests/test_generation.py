@@ -413,3 +413,46 @@ def test_model_recommended_sampling_is_the_default(model_path, tmp_path) -> None
         assert svc.openai.base.top_k == 17 and svc.openai.base.temperature == pytest.approx(0.25)
     finally:
         svc.close()
+
+
+def test_stopping_criteria_and_inserted_tokens(model) -> None:
+    """The core step's hooks for drivers such as the drop-in's loop: a stopping criterion ends the
+    generation with "stop" and drops the token just sampled; ``insert`` shows a driver's own tokens
+    to the logits processor without counting them as output."""
+    from cyllama import LlamaSampler
+    from cyllama._generation import Generation, run_sequence
+
+    vocab = model.get_vocab()
+    prompt = vocab.tokenize(COUNT)
+    ctx = LlamaContext(model, LlamaContextParams(n_ctx=256))
+    try:
+        seen = []
+
+        def three_tokens(ids, logits):
+            seen.append((ids.tolist(), logits.shape))
+            return len(ids) >= len(prompt) + 3
+
+        gen = Generation(vocab, LlamaSampler().add_greedy(), prompt, 20, ctx.n_ctx, stopping_criteria=three_tokens,
+                         owns_sampler=True)
+        chunks = list(run_sequence(ctx, gen, prompt))
+        gen.close()
+        assert chunks[-1].finish_reason == "stop" and chunks[-1].token is None
+        assert len(gen.completion_tokens) == 3 and [c.token for c in chunks[:-1]] == gen.completion_tokens
+        assert [ids for ids, _ in seen] == [prompt + gen.completion_tokens[:k] for k in range(4)]
+        assert seen[0][1] == (vocab.n_vocab,)
+
+        ids_seen = []
+        gen = Generation(vocab, LlamaSampler().add_greedy(), prompt, 2, ctx.n_ctx,
+                         logits_processor=lambda ids, logits: ids_seen.append(ids.tolist()), owns_sampler=True)
+        ctx.kv_cache_clear()
+        pos = eval_prompt(ctx, prompt)
+        first = gen.step(ctx, -1, pos)
+        extra = vocab.tokenize(" 99", add_special=False)
+        pos = eval_prompt(ctx, [first.token, *extra], pos)
+        gen.insert(extra)
+        last = gen.step(ctx, -1, pos)
+        gen.close()
+        assert ids_seen == [prompt, prompt + [first.token] + extra]
+        assert last.finish_reason == "length" and gen.completion_tokens == [first.token, last.token]
+    finally:
+        ctx.close()
