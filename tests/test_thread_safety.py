@@ -48,8 +48,9 @@ try:
 except (ClosedError, ValueError) as e:
     print("then", type(e).__name__)
 """)
-    assert out.splitlines()[:2] in (["decoded", "closed"], ["closed", "decoded"])
-    assert out.splitlines()[-1] == "then ClosedError"
+    # two threads print: their lines may interleave, so look for the words, not the lines
+    assert "decoded" in out and "closed" in out
+    assert out.rstrip().endswith("then ClosedError")
 
 
 def test_logits_read_after_close_or_the_next_decode_are_unchanged():
