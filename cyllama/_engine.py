@@ -19,11 +19,13 @@ step loop:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
@@ -41,7 +43,7 @@ from .llama.model import LlamaModel
 if TYPE_CHECKING:
     from .llama.mtmd.context import MtmdChunks, MtmdContext
 
-__all__ = ["Engine", "EngineRequest", "QueueFullError"]
+__all__ = ["Engine", "EngineRequest", "QueueFullError", "QueueTimeoutError", "EngineStoppedError"]
 
 _MIN_SHARED_PREFIX = 8  # shorter common prefixes are not worth a seq_cp
 
@@ -50,21 +52,49 @@ class QueueFullError(CyllamaError):
     """The engine's request queue is full; try again later."""
 
 
+class QueueTimeoutError(CyllamaError):
+    """A request waited longer than the engine's ``queue_timeout`` for a slot; try again later."""
+
+
+class EngineStoppedError(CyllamaError):
+    """The engine is closed, or its thread stopped: it takes no more requests."""
+
+
+_live_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+_exit_hook = False
+_EXIT_JOIN_S = 30.0  # at interpreter exit, how long a running step may take to end
+
+
+def _close_at_exit() -> None:
+    """Closes running engines before the interpreter's finalizers free their contexts under a
+    decode still running in the engine thread."""
+    for e in list(_live_engines):
+        e.close(timeout=_EXIT_JOIN_S)
+
+
 class EngineRequest:
     """A submitted generation. Iterate it for :class:`GenerationChunk` objects (blocking), or
-    call :meth:`result` for the whole text. ``cancel()`` frees its slot at the next step."""
+    call :meth:`result` for the whole text. ``cancel()`` frees its slot at the next step.
+
+    A request with ``on_chunk`` gets its chunks there instead; if the callback raises, the request
+    (only it) ends with that exception as its ``error``, which :meth:`wait` re-raises."""
 
     _ids = itertools.count(1)
 
     def __init__(self, tokens: list[int], config: GenerationConfig, grammar: GrammarSpec | None,
-                 on_chunk: Callable[[GenerationChunk], None] | None, media: "MtmdChunks | None" = None):
+                 on_chunk: Callable[[GenerationChunk], None] | None, media: "MtmdChunks | None" = None,
+                 on_start: Callable[[], None] | None = None):
         self.id = next(self._ids)
         self.tokens = tokens
         self.media = media  # the prompt as text and media chunks (then ``tokens`` is empty)
         self.config = config
         self.grammar = grammar
         self._on_chunk = on_chunk
+        self._on_start = on_start
+        self._callback_error: BaseException | None = None  # what on_chunk/on_start raised (not called again)
         self._queue: queue.SimpleQueue[GenerationChunk | BaseException] | None = None if on_chunk else queue.SimpleQueue()
+        self._parts: list[str] = []  # text collected by result() (kept across a timed-out call)
+        self._read_all = False  # result() has read the last chunk (a second call returns the same text)
         self.cancelled = False
         self.done = threading.Event()
         self.finish_reason: str | None = None
@@ -76,20 +106,44 @@ class EngineRequest:
     def cancel(self) -> None:
         self.cancelled = True
 
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
+        """Runs a user callback on the engine thread; what it raises is kept, never propagated."""
+        if self._callback_error is not None:
+            return
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: B902 - a callback's failure belongs to its request only
+            self._callback_error = exc
+
+    def _started(self) -> None:
+        if self._on_start is not None:
+            self._call(self._on_start)
+
     def _emit(self, item: GenerationChunk | BaseException) -> None:
+        """Delivers a chunk (or the request's error). Never raises: a failing ``on_chunk`` is
+        recorded in ``_callback_error`` and not called again."""
         if self._on_chunk is not None:
             if isinstance(item, BaseException):
                 item = GenerationChunk("", None, None, None, "error")
-            self._on_chunk(item)
+            self._call(self._on_chunk, item)
         else:
             assert self._queue is not None
             self._queue.put(item)
 
     def __iter__(self) -> Iterator[GenerationChunk]:
+        return self._chunks(None)
+
+    def _chunks(self, deadline: float | None) -> Iterator[GenerationChunk]:
         if self._queue is None:
-            raise RuntimeError("this request delivers its chunks to on_chunk")
+            raise RuntimeError("this request delivers its chunks to on_chunk (use wait())")
         while True:
-            item = self._queue.get()
+            if deadline is None:
+                item = self._queue.get()
+            else:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise TimeoutError("generation did not finish in time") from None
             if isinstance(item, BaseException):
                 raise item
             yield item
@@ -97,11 +151,27 @@ class EngineRequest:
                 return
 
     def result(self, timeout: float | None = None) -> str:
-        """Waits for the end and returns the whole text."""
-        parts = [c.text for c in self]
+        """Waits for the end and returns the whole text; raises the request's error, or
+        ``TimeoutError`` after ``timeout`` seconds (calling again continues where it stopped)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._read_all:
+            for c in self._chunks(deadline):
+                self._parts.append(c.text)
+            self._read_all = True
+        if not self.done.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
+            raise TimeoutError("generation did not finish in time")
+        return "".join(self._parts)
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Waits for the end without reading chunks (for an ``on_chunk`` request) and returns the
+        finish reason; raises the request's error (what ``on_chunk`` raised, or the generation's
+        failure), or ``TimeoutError`` after ``timeout`` seconds."""
         if not self.done.wait(timeout):
             raise TimeoutError("generation did not finish in time")
-        return "".join(parts)
+        if self.error is not None:
+            raise self.error
+        assert self.finish_reason is not None
+        return self.finish_reason
 
 
 @dataclass(eq=False)
@@ -131,13 +201,19 @@ class Engine:
 
     ``n_ctx`` is the context per slot (total = n_ctx * n_slots). ``max_queue`` bounds waiting
     requests (``submit`` raises :class:`QueueFullError` beyond it). Call :meth:`close` (or use it
-    as a context manager) to stop the thread and free the context.
+    as a context manager) to stop the thread and free the context. ``queue_timeout``: seconds a
+    request may wait for a slot before it ends with :class:`QueueTimeoutError` (None: no limit).
+
+    A user callback that raises (``on_chunk``, a logits processor) fails only its own request; the
+    engine thread goes on. If the thread ever stops, every request ends with
+    :class:`EngineStoppedError` and ``submit`` raises it at once.
     """
 
     def __init__(self, model: LlamaModel, n_slots: int = 8, n_ctx: int | None = None, n_batch: int = 512,
                  prompt_chunk: int = 256, max_queue: int = 256, n_threads: int | None = None,
                  lookup: int = 0, draft_budget: int = 8, mtmd: "MtmdContext | None" = None,
-                 draft_model: LlamaModel | None = None, speculative: SpeculativeParams | None = None):
+                 draft_model: LlamaModel | None = None, speculative: SpeculativeParams | None = None,
+                 queue_timeout: float | None = None):
         if not isinstance(n_slots, int) or not 1 <= n_slots <= 256:
             raise ValueError(f"n_slots must be an int in 1..256, got {n_slots!r}")
         for name, v in (("lookup", lookup), ("draft_budget", draft_budget)):
@@ -147,6 +223,10 @@ class Engine:
         self.mtmd = mtmd  # a projector: requests may carry media chunks
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be a positive int, got {max_queue!r}")
+        if queue_timeout is not None and (isinstance(queue_timeout, bool) or not isinstance(queue_timeout, (int, float))
+                                          or not queue_timeout > 0):
+            raise ValueError(f"queue_timeout must be a positive number of seconds or None, got {queue_timeout!r}")
+        self.queue_timeout = queue_timeout
         self.model = model
         self.vocab = model.get_vocab()
         train = model.n_ctx_train or 4096
@@ -184,12 +264,19 @@ class Engine:
         self._cv = threading.Condition()
         self._batch = LlamaBatch(self.n_batch, 0, n_slots)
         self._closed = False
+        self._stopped: EngineStoppedError | None = None  # set (under _cv) if the thread dies
         self._step_lock = threading.Lock()
         self.metrics = {"requests_total": 0, "requests_finished": 0, "requests_cancelled": 0, "requests_failed": 0,
                         "prompt_tokens_total": 0, "cached_prompt_tokens_total": 0, "generated_tokens_total": 0,
-                        "decode_steps_total": 0, "draft_tokens_total": 0, "accepted_tokens_total": 0}
+                        "decode_steps_total": 0, "draft_tokens_total": 0, "accepted_tokens_total": 0,
+                        "requests_timed_out": 0}
         self._thread = threading.Thread(target=self._loop, name="cyllama-engine", daemon=True)
         self._thread.start()
+        global _exit_hook
+        _live_engines.add(self)
+        if not _exit_hook:  # registered after the contexts' finalizers: atexit runs it before them
+            atexit.register(_close_at_exit)
+            _exit_hook = True
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -206,13 +293,14 @@ class Engine:
 
     def submit(self, tokens: Sequence[int], config: GenerationConfig, grammar: GrammarSpec | None = None,
                on_chunk: Callable[[GenerationChunk], None] | None = None,
-               media: "MtmdChunks | None" = None) -> EngineRequest:
+               media: "MtmdChunks | None" = None, on_start: Callable[[], None] | None = None) -> EngineRequest:
         """Queues a generation for ``tokens``. ``on_chunk`` (called from the engine thread) replaces
-        the request's own queue; keep it cheap (e.g. ``loop.call_soon_threadsafe``). ``media``: the
+        the request's own queue; keep it cheap (e.g. ``loop.call_soon_threadsafe``). ``on_start``
+        (engine thread) is called when the request leaves the queue for a slot. ``media``: the
         prompt as text and media chunks instead of ``tokens`` (the engine needs ``mtmd=``); the
-        engine closes it when the request ends."""
-        if self._closed:
-            raise CyllamaError("the engine is closed")
+        engine closes it when the request ends. Raises :class:`QueueFullError` past ``max_queue``
+        and :class:`EngineStoppedError` once the engine is closed or its thread stopped."""
+        self._check_running()
         if media is not None:
             if self.mtmd is None:
                 media.close()
@@ -222,8 +310,12 @@ class Engine:
                 media.close()
                 raise ValueError(f"the prompt with its media takes {n} tokens but a slot's context holds "
                                  f"{self.n_ctx_slot}")
-            req = EngineRequest([], config, grammar, on_chunk, media)
-            return self._enqueue(req)
+            req = EngineRequest([], config, grammar, on_chunk, media, on_start)
+            try:
+                return self._enqueue(req)
+            except BaseException:
+                media.close()
+                raise
         toks = [int(t) for t in tokens]
         if not toks:
             raise ValueError("the prompt is empty")
@@ -232,10 +324,17 @@ class Engine:
             toks = fit_prompt(toks, self.n_ctx_slot, config.max_tokens, config.truncate_prompt, self.vocab.bos)
         except ValueError:
             raise ValueError(f"the prompt has {len(toks)} tokens but a slot's context holds {self.n_ctx_slot}") from None
-        return self._enqueue(EngineRequest(toks, config, grammar, on_chunk))
+        return self._enqueue(EngineRequest(toks, config, grammar, on_chunk, None, on_start))
+
+    def _check_running(self) -> None:
+        if self._stopped is not None:
+            raise self._stopped
+        if self._closed:
+            raise EngineStoppedError("the engine is closed")
 
     def _enqueue(self, req: EngineRequest) -> EngineRequest:
-        with self._cv:
+        with self._cv:  # the loop drains the queue under this lock when it ends: no request is left behind
+            self._check_running()
             if len(self._waiting) >= self.max_queue:
                 raise QueueFullError(f"the request queue is full ({self.max_queue} waiting)")
             self._waiting.append(req)
@@ -250,14 +349,30 @@ class Engine:
         with self._step_lock:
             yield
 
-    def close(self) -> None:
-        """Stops the engine thread (running requests end as "cancelled") and frees the context."""
-        if self._closed:
-            return
+    @property
+    def running(self) -> bool:
+        """Whether the engine takes requests (not closed, its thread alive)."""
+        return not self._closed and self._stopped is None and self._thread.is_alive()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stops the engine thread (running requests end as "cancelled") and frees the context.
+        ``timeout``: how long to wait for a running step; past it the contexts are left to the
+        process's exit rather than freed under the thread (a callback that never returns)."""
         with self._cv:
+            if self._closed:
+                return
             self._closed = True
             self._cv.notify()
-        self._thread.join()
+        _live_engines.discard(self)
+        if threading.current_thread() is self._thread:
+            return  # closed from a callback: the loop ends after this step and frees nothing itself
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            for h in (self.ctx, self.draft_ctx):
+                fin = getattr(h, "_finalizer", None)
+                if fin is not None:
+                    fin.detach()  # never free a context a thread may still be decoding in
+            return
         self._batch.close()
         for sl in self.slots:
             if sl.spec is not None:
@@ -274,39 +389,87 @@ class Engine:
 
     # -- the loop --------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
+        failure: BaseException | None = None
+        try:
+            while True:
+                with self._cv:
+                    while not self._closed and not self._waiting and not any(s.busy for s in self.slots):
+                        self._cv.wait()
+                    if self._closed:
+                        break
+                try:
+                    with self._step_lock:
+                        self._step()
+                except Exception as exc:  # an engine bug: fail what this step touched, keep serving
+                    self._fail_step(exc)
+        except BaseException as exc:  # the thread cannot go on (SystemExit...): nothing may wait for it
+            failure = exc
+        finally:
+            self._drain(failure)
+
+    def _fail_step(self, exc: Exception) -> None:
+        """A step raised: its running sequences fail with the error; with none running, the oldest
+        waiting request does (so a persistent failure cannot spin with requests left waiting)."""
+        busy = [s for s in self.slots if s.busy]
+        for s in busy:
+            self._finish(s, "error", exc)
+        if not busy:
             with self._cv:
-                while not self._closed and not self._waiting and not any(s.busy for s in self.slots):
-                    self._cv.wait()
-                if self._closed:
-                    break
-            try:
-                with self._step_lock:
-                    self._step()
-            except BaseException as exc:  # never let the thread die with requests waiting
-                for s in self.slots:
-                    if s.busy:
-                        self._finish(s, "error", exc)
+                req = self._waiting.popleft() if self._waiting else None
+            if req is not None:
+                self._end_waiting(req, "error", exc)
+
+    def _drain(self, failure: BaseException | None) -> None:
+        """Ends every request when the loop stops: cancelled on close, failed if the thread died."""
+        err = None
+        if failure is not None:
+            err = EngineStoppedError(f"the engine thread stopped: {type(failure).__name__}: {failure}")
+            err.__cause__ = failure
+        reason = "cancelled" if err is None else "error"
         for s in self.slots:
             if s.busy:
-                self._finish(s, "cancelled")
+                self._finish(s, reason, err)
         with self._cv:
+            if err is not None:
+                self._stopped = err
             waiting, self._waiting = list(self._waiting), deque()
         for req in waiting:
-            req.finish_reason = "cancelled"
-            req._emit(GenerationChunk("", None, None, None, "cancelled"))
-            req.done.set()
+            self._end_waiting(req, reason, err)
+
+    def _end_waiting(self, req: EngineRequest, reason: str, error: BaseException | None = None) -> None:
+        """Ends a request that never reached a slot."""
+        req.finish_reason, req.error = reason, error
+        key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")
+        self.metrics[key] += 1
+        if isinstance(error, QueueTimeoutError):
+            self.metrics["requests_timed_out"] += 1
+        if req.media is not None:
+            with contextlib.suppress(Exception):
+                req.media.close()
+        req._emit(error if error is not None else GenerationChunk("", None, None, None, reason))
+        if error is None and req._callback_error is not None:
+            req.error = req._callback_error
+        req.done.set()
 
     def _admit(self) -> None:
+        ended: list[tuple[EngineRequest, str, BaseException | None]] = []
         with self._cv:
+            if self.queue_timeout is not None and self._waiting:
+                limit = time.perf_counter() - self.queue_timeout
+                keep: deque[EngineRequest] = deque()
+                for req in self._waiting:
+                    if req.t_submit < limit and not req.cancelled:
+                        ended.append((req, "error", QueueTimeoutError(
+                            f"no slot was free for {self.queue_timeout:g} s (the engine is busy)")))
+                    else:
+                        keep.append(req)
+                self._waiting = keep
             free = [s for s in self.slots if not s.busy]
             deferred: list[EngineRequest] = []
             while free and self._waiting:
                 req = self._waiting.popleft()
                 if req.cancelled:
-                    req.finish_reason = "cancelled"
-                    req._emit(GenerationChunk("", None, None, None, "cancelled"))
-                    req.done.set()
+                    ended.append((req, "cancelled", None))
                     continue
                 src, lcp = self._best_prefix(req.tokens)
                 if src is not None and src.prompt_pos < lcp:
@@ -315,10 +478,17 @@ class Engine:
                 slot = free.pop(0)
                 try:
                     self._start(slot, req, src, lcp)
+                    req._started()
+                    if req._callback_error is not None:
+                        raise req._callback_error
                 except BaseException as exc:
+                    if slot.req is None:  # failed before the slot took it
+                        slot.req = req
                     self._finish(slot, "error", exc)
             for req in reversed(deferred):
                 self._waiting.appendleft(req)
+        for req, reason, err in ended:  # outside the lock: callbacks run here
+            self._end_waiting(req, reason, err)
 
     def _best_prefix(self, tokens: list[int]) -> tuple[_Slot | None, int]:
         """The running sequence sharing the longest prompt prefix with ``tokens`` (and its length)."""
@@ -484,7 +654,7 @@ class Engine:
                 if i == len(drafts) or chunk.finish_reason is not None or chunk.token != drafts[i]:
                     break
                 if chunk.text or chunk.logprob is not None:
-                    req._emit(chunk)
+                    self._deliver(req, chunk)
                 s.cache.append(chunk.token)
             if drafts:
                 gen.draft_tokens += len(drafts)
@@ -494,43 +664,63 @@ class Engine:
                 s.drafter.accepted(len(drafts), i)  # type: ignore[union-attr]
                 if i < len(drafts):
                     self.ctx.kv_cache_seq_rm(s.seq, len(s.cache), -1)  # the rejected draft tokens
-        except BaseException as exc:
+            if chunk.finish_reason is None and (chunk.text or chunk.logprob is not None):
+                self._deliver(req, chunk)
+        except BaseException as exc:  # a logits processor's, on_chunk's or the sampler's failure: this request's
             self._finish(s, "error", exc)
             return
         if chunk.finish_reason is not None:
             self._finish(s, chunk.finish_reason, chunk=chunk)
             return
-        if chunk.text or chunk.logprob is not None:
-            req._emit(chunk)
         s.feed = [chunk.token]
+
+    @staticmethod
+    def _deliver(req: EngineRequest, chunk: GenerationChunk) -> None:
+        """Emits a chunk; raises what the request's ``on_chunk`` raised (failing that request)."""
+        req._emit(chunk)
+        if req._callback_error is not None:
+            raise req._callback_error
 
     def _finish(self, s: _Slot, reason: str, error: BaseException | None = None,
                 chunk: GenerationChunk | None = None) -> None:
-        req, gen = s.req, s.gen
+        """Ends the slot's request and frees the slot. Never raises: a failure while cleaning up
+        becomes the request's error (unless it already had one)."""
+        req, gen, drafter, cache = s.req, s.gen, s.drafter, s.cache
         if req is None:
             return
-        if chunk is None:
-            chunk = gen.finish(reason) if gen is not None else GenerationChunk("", None, None, None, reason)
-        if gen is not None:
-            req.stats = gen.stats()
-            gen.close()
-        if s.drafter is not None and s.cache is not None:
-            s.drafter.end(s.cache)
+        s.req, s.gen, s.feed, s.cache = None, None, None, None
         s.drafter = s.drafts = None
+        s.media_pending, s.media_steps, s.pos_delta = False, None, 0
+        try:
+            if chunk is None:
+                chunk = gen.finish(reason) if gen is not None else GenerationChunk("", None, None, None, reason)
+            if gen is not None:
+                req.stats = gen.stats()
+                gen.close()
+            if drafter is not None and cache is not None:
+                drafter.end(cache)
+        except Exception as exc:
+            if error is None:
+                reason, error = "error", exc
+        finally:
+            if req.media is not None:
+                with contextlib.suppress(Exception):
+                    req.media.close()
+            with contextlib.suppress(Exception):
+                self.ctx.kv_cache_seq_rm(s.seq, -1, -1)
         req.finish_reason = reason
         req.error = error
-        key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(reason, "requests_finished")
-        self.metrics[key] += 1
-        s.req, s.gen, s.feed, s.cache = None, None, None, None
-        s.media_pending, s.media_steps, s.pos_delta = False, None, 0
-        if req.media is not None:
-            req.media.close()
-        try:
-            self.ctx.kv_cache_seq_rm(s.seq, -1, -1)
-        except Exception:
-            pass
         if error is not None:
-            req._emit(error if isinstance(error, Exception) else CyllamaError(str(error)))
+            if not isinstance(error, Exception):  # SystemExit & co. from a callback: queue readers get an Exception
+                wrapped = CyllamaError(f"{type(error).__name__}: {error}")
+                wrapped.__cause__ = error
+                error = wrapped if req._on_chunk is None else error
+            req._emit(error)
         else:
-            req._emit(chunk)
+            req._emit(chunk if chunk is not None else GenerationChunk("", None, None, None, reason))
+            if req._callback_error is not None:  # on_chunk raised on the last chunk
+                req.finish_reason, req.error = "error", req._callback_error
+        key = {"cancelled": "requests_cancelled", "error": "requests_failed"}.get(req.finish_reason,
+                                                                                  "requests_finished")
+        self.metrics[key] += 1
         req.done.set()
