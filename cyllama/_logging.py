@@ -2,12 +2,15 @@
 
 Native log lines go to the ``cyllama.native`` logger. By default only errors are forwarded
 (quiet); ``set_verbose(True)`` (or ``verbose=True`` on the high-level classes) forwards
-everything at its level. The last error lines are kept so that a failed load can say why.
+everything at its level. Recent error lines and, separately, warnings are kept with a sequence
+number, so that a failed call can say why: ``mark = log_mark()`` before the call, then
+``errors_since(mark)`` (error lines, which any number of warnings cannot push out).
 """
 
 from __future__ import annotations
 
-__all__ = ["set_verbose", "is_verbose", "install", "last_errors", "native_logger", "set_log_hook"]
+__all__ = ["set_verbose", "is_verbose", "install", "last_errors", "log_mark", "errors_since", "native_logger",
+           "set_log_hook"]
 
 import collections
 from typing import Any, Callable
@@ -23,7 +26,11 @@ _LEVELS = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNIN
 
 _state = threading.local()
 _verbose = False
-_recent_errors: collections.deque[str] = collections.deque(maxlen=8)
+_KEEP = 64  # lines kept per level
+_recent_errors: collections.deque[tuple[int, str]] = collections.deque(maxlen=_KEEP)
+_recent_warnings: collections.deque[tuple[int, str]] = collections.deque(maxlen=_KEEP)
+_seq = 0  # lines recorded so far (errors and warnings)
+_record_lock = threading.Lock()
 _installed: set[str] = set()
 _install_lock = threading.Lock()
 _hook: Callable[[int, bytes], None] | None = None
@@ -45,8 +52,24 @@ def is_verbose() -> bool:
 
 
 def last_errors() -> list[str]:
-    """The most recent native error/warning lines (newest last)."""
-    return list(_recent_errors)
+    """The most recent native error and warning lines (newest last)."""
+    with _record_lock:
+        both = sorted([*_recent_errors, *_recent_warnings])
+    return [text for _, text in both[-_KEEP:]]
+
+
+def log_mark() -> int:
+    """A mark for :func:`errors_since` (take it before the native call that may fail)."""
+    return _seq
+
+
+def errors_since(mark: int, limit: int = 3) -> list[str]:
+    """The last ``limit`` native error lines logged since ``mark`` (newest last); when there is
+    none, the last warnings since then (some failures are only logged as warnings)."""
+    with _record_lock:
+        errors = [t for n, t in _recent_errors if n >= mark]
+        lines = errors or [t for n, t in _recent_warnings if n >= mark]
+    return lines[-limit:] if limit > 0 else []
 
 
 class quiet_errors:
@@ -75,8 +98,11 @@ def _call_hook(hook: Callable[[int, bytes], None], level: int, text: bytes) -> N
 
 
 def _emit(level: int, text: str) -> None:
+    global _seq
     if level >= logging.WARNING:
-        _recent_errors.append(text)
+        with _record_lock:
+            (_recent_errors if level >= logging.ERROR else _recent_warnings).append((_seq, text))
+            _seq += 1
     if level >= logging.ERROR and getattr(_state, "quiet", 0):
         level = logging.DEBUG
     if _verbose or level >= logging.ERROR:

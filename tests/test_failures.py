@@ -236,3 +236,18 @@ def test_drop_in_stopping_criterion_error_reaches_the_caller(model_path) -> None
         assert again == expected
     finally:
         llama.close()
+
+
+# -- native error lines reach the exception -----------------------------------------------------
+def test_native_errors_reach_the_exception_after_many_warnings() -> None:
+    """llama.cpp's error lines name the cause even when many warnings were logged before (the
+    recent-lines ring used to hold both, so warnings pushed the errors out of reach)."""
+    from cyllama import LlamaModel, LlamaModelParams, ModelLoadError, _assets, _logging
+
+    for _ in range(3):  # this vocabulary makes llama.cpp warn 8 times per load
+        LlamaModel(_assets.vocab_model_path("aquila"), LlamaModelParams(vocab_only=True)).close()
+    assert len(_logging.last_errors()) >= 16
+    with pytest.raises(ModelLoadError, match="token_embd.weight"):  # a vocabulary-only file loaded whole
+        LlamaModel(_assets.vocab_model_path("llama-spm"))
+    mark = _logging.log_mark()
+    assert _logging.errors_since(mark) == []

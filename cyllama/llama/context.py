@@ -90,10 +90,10 @@ class LlamaContext(NativeHandle):
         p = self.params
         if p.n_ubatch > p.n_batch:
             p.n_ubatch = p.n_batch
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         ptr = lib.llama_init_from_model(model.ptr, p.value)
         if ptr == ffi.NULL:
-            why = "; ".join(_logging.last_errors()[before:][-3:]) or "llama.cpp could not create it"
+            why = "; ".join(_logging.errors_since(before, 3)) or "llama.cpp could not create it"
             raise CyllamaError(f"failed to create a context for {model.path.name}: {why}")
         self._adopt(ptr, model._free_fn(lib.llama_free))
         model._dependents.add(self)

@@ -148,7 +148,7 @@ class LlamaModel(NativeHandle):
         self._dependents: weakref.WeakSet = weakref.WeakSet()
         # a vocabulary-only load has no weights to place: it does not contact the servers
         self.rpc_servers: tuple[str, ...] = () if self.params.vocab_only else self.params.rpc_servers
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         if self.rpc_servers:
             from . import rpc
 
@@ -161,7 +161,7 @@ class LlamaModel(NativeHandle):
             ptr = self._load(None)
             free = lib.llama_model_free
         if ptr == ffi.NULL:
-            why = "; ".join(_logging.last_errors()[before:][-3:]) or "llama.cpp could not load it"
+            why = "; ".join(_logging.errors_since(before, 3)) or "llama.cpp could not load it"
             raise ModelLoadError(f"failed to load model {self.path}: {why}")
         self._adopt(ptr, free)
         self._vocab_ptr = lib.llama_model_get_vocab(ptr)

@@ -101,13 +101,13 @@ class LlamaSampler(NativeHandle):
         if self._pending or (needs_vocab and self._vocab is None):
             self._pending.append(make)
             return self
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         if needs_vocab:
             self._depend_on(self._vocab)
         smpl = make(self._vocab)
         if smpl == ffi.NULL:
             self.names.pop()
-            why = "; ".join(_logging.last_errors()[before:][-2:])
+            why = "; ".join(_logging.errors_since(before, 2))
             raise ValueError(f"llama.cpp rejected the {name} sampler{': ' + why if why else ''}")
         lib.llama_sampler_chain_add(ptr, smpl)
         return self
@@ -123,10 +123,10 @@ class LlamaSampler(NativeHandle):
         self._depend_on(vocab)
         pending, self._pending = self._pending, []
         for make in pending:
-            before = len(_logging.last_errors())
+            before = _logging.log_mark()
             smpl = make(vocab)
             if smpl == ffi.NULL:
-                why = "; ".join(_logging.last_errors()[before:][-2:])
+                why = "; ".join(_logging.errors_since(before, 2))
                 self._broken = f"llama.cpp rejected a sampler (e.g. a grammar that does not parse){': ' + why if why else ''}"
                 raise ValueError(self._broken)
             lib.llama_sampler_chain_add(self.ptr, smpl)

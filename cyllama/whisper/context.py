@@ -119,10 +119,10 @@ class WhisperContext(Transcriber, NativeHandle):
         cparams.gpu_device = _check("gpu_device", gpu_device, int, 0, 1024)
         cparams.dtw_token_timestamps = False  # DTW presets index a table with .at(): keep off
         ggml_backend_load_all()
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         ptr = lib.whisper_init_from_file_with_params(os.fsencode(self.path), cparams)
         if ptr == ffi.NULL:
-            why = "; ".join(_logging.last_errors()[before:][-3:]) or "whisper.cpp could not load it"
+            why = "; ".join(_logging.errors_since(before, 3)) or "whisper.cpp could not load it"
             raise CyllamaError(f"failed to load whisper model {self.path}: {why}")
         self._adopt(ptr, lib.whisper_free)
         self._lib = lib
@@ -183,10 +183,10 @@ class WhisperState(Transcriber, NativeHandle):
         if not isinstance(context, WhisperContext):
             raise TypeError(f"context must be a WhisperContext, got {type(context).__name__}")
         lib = context._lib
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         ptr = lib.whisper_init_state(context.ptr)
         if ptr == ffi.NULL:
-            why = "; ".join(_logging.last_errors()[before:][-3:]) or "out of memory?"
+            why = "; ".join(_logging.errors_since(before, 3)) or "out of memory?"
             raise CyllamaError(f"whisper.cpp could not make a decoding state: {why}")
         self._adopt(ptr, lib.whisper_free_state)
         self.context = self._model = context  # keeps the weights alive while this state lives

@@ -201,11 +201,11 @@ class Transcriber:
                 c.new_segment_callback, c.new_segment_callback_user_data = seg_cb, ffi.NULL
                 keep.append(seg_cb)
             buf = ffi.from_buffer("float[]", samples)
-            before = len(_logging.last_errors())
+            before = _logging.log_mark()
             rc = native.full(c[0], buf, samples.size)
             del keep
             if not self._cancel and rc != 0:
-                why = "; ".join(_logging.last_errors()[before:][-3:]) or "see the whisper log"
+                why = "; ".join(_logging.errors_since(before, 3)) or "see the whisper log"
                 raise CyllamaError(f"whisper_full failed with code {rc}: {why}")
             res = self._collect(native, lang, table, word_timestamps)
             res.duration, res.cancelled = duration, self._cancel
@@ -316,14 +316,14 @@ class Transcriber:
             raise RuntimeError(f"this {type(self).__name__} is already transcribing in another thread")
         try:
             native = self._native()
-            before = len(_logging.last_errors())
+            before = _logging.log_mark()
             if native.pcm_to_mel(ffi.from_buffer("float[]", samples), samples.size, threads) != 0:
                 raise CyllamaError("whisper.cpp could not compute the mel spectrogram")
             n = self._lib.whisper_lang_max_id() + 1
             probs = ffi.new("float[]", n)
             lid = native.lang_auto_detect(offset_ms, threads, probs)
             if lid < 0:
-                why = "; ".join(_logging.last_errors()[before:][-3:]) or "see the whisper log"
+                why = "; ".join(_logging.errors_since(before, 3)) or "see the whisper log"
                 raise CyllamaError(f"language detection failed: {why}")
         finally:
             self._running.release()

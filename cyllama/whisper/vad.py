@@ -134,10 +134,10 @@ class VadContext(NativeHandle):
         cp.use_gpu = _check("use_gpu", use_gpu, bool)
         cp.gpu_device = _check("gpu_device", gpu_device, int, 0, 1024)
         ggml_backend_load_all()
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         ptr = lib.whisper_vad_init_from_file_with_params(os.fsencode(self.path), cp)
         if ptr == ffi.NULL:
-            why = "; ".join(_logging.last_errors()[before:][-3:]) or "whisper.cpp could not load it"
+            why = "; ".join(_logging.errors_since(before, 3)) or "whisper.cpp could not load it"
             raise CyllamaError(f"failed to load VAD model {self.path}: {why}")
         self._adopt(ptr, lib.whisper_vad_free)
         self._lib = lib

@@ -288,10 +288,10 @@ class MtmdContext(NativeHandle):
         params.media_marker = self._marker_c
         params.image_min_tokens = int(image_min_tokens)
         params.image_max_tokens = int(image_max_tokens)
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         ptr = mt.mtmd_init_from_file(os.fsencode(self.path), model.ptr, params)
         if ptr == ffi.NULL:
-            why = "; ".join(_logging.last_errors()[before:][-3:]) or "libmtmd could not load it"
+            why = "; ".join(_logging.errors_since(before, 3)) or "libmtmd could not load it"
             raise ModelLoadError(f"failed to load the projector {self.path}: {why}")
         self._adopt(ptr, mt.mtmd_free)
         model._dependents.add(self)
@@ -345,11 +345,11 @@ class MtmdContext(NativeHandle):
         if kind in ("image", "webp") and not self.supports_vision:
             raise ValueError("this projector has no vision encoder: it takes audio only")
         mt = _lib()
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         buf = ffi.from_buffer("unsigned char[]", data)
         wrap = mt.mtmd_helper_bitmap_init_from_buf(self.ptr, buf, len(data), False, mt.mtmd_helper_init_opt_default())
         if wrap.bitmap == ffi.NULL:
-            why = "; ".join(_logging.last_errors()[before:][-2:])
+            why = "; ".join(_logging.errors_since(before, 2))
             raise ValueError(f"the media could not be decoded (corrupt or unsupported){': ' + why if why else ''}")
         bm = MtmdBitmap(wrap.bitmap, wrap.video_ctx)
         if not bm.is_audio and (bm.nx == 0 or bm.ny == 0):
@@ -408,11 +408,11 @@ class MtmdContext(NativeHandle):
         inp = ffi.new("mtmd_input_text *")
         inp.text, inp.text_len, inp.add_special, inp.parse_special = buf, len(raw), add_special, parse_special
         arr = ffi.new("mtmd_bitmap *[]", [b.ptr for b in bitmaps]) if bitmaps else ffi.NULL
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         rc = mt.mtmd_tokenize(self.ptr, chunks.ptr, inp, arr, len(bitmaps))
         if rc != 0:
             chunks.close()
-            why = "; ".join(_logging.last_errors()[before:][-2:])
+            why = "; ".join(_logging.errors_since(before, 2))
             raise ValueError(f"the prompt could not be tokenized with its media (code {rc}){': ' + why if why else ''}")
         chunks._bitmaps = bitmaps
         return chunks
@@ -436,12 +436,12 @@ class MtmdContext(NativeHandle):
         if n_past + need > ctx.n_ctx:
             raise ValueError(f"the media needs {need} positions after {n_past}, but the context holds {ctx.n_ctx}")
         out = ffi.new("llama_pos *")
-        before = len(_logging.last_errors())
+        before = _logging.log_mark()
         mptr, cptr = self.ptr, ctx.ptr
         rc = ctx._decode_outside(lambda: mt.mtmd_helper_eval_chunk_single(
             mptr, cptr, chunk, n_past, seq_id, ctx.n_batch, False, out), False)
         if rc != 0:
-            why = "; ".join(_logging.last_errors()[before:][-2:])
+            why = "; ".join(_logging.errors_since(before, 2))
             raise ValueError(f"evaluating the media failed (code {rc}){': ' + why if why else ''}")
         return int(out[0])
 
