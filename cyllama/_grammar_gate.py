@@ -29,7 +29,13 @@ if TYPE_CHECKING:
     from .llama.context import LlamaContext
     from .llama.vocab import LlamaVocab
 
-__all__ = ["Grammar", "GrammarGate", "GatedSampler", "GrammarSpec", "grammar_text", "preserved_tokens"]
+__all__ = ["Grammar", "GrammarError", "GrammarGate", "GatedSampler", "GrammarSpec", "grammar_text", "preserved_tokens"]
+
+
+class GrammarError(RuntimeError):
+    """The grammar allows no token at this point of the output: it cannot be completed (the
+    request's grammar is at fault, not the model)."""
+
 
 _ANCHORED_WINDOW = 256  # a ^-anchored trigger is only looked for in the first characters
 _TAIL_WINDOW = 128  # an unanchored trigger is looked for in the last characters
@@ -147,7 +153,7 @@ class GrammarGate:
             lib.llama_sampler_apply(cptr, self._arr)
             tok = self._selected()
             if tok < 0 or not self.allows(tok):
-                raise RuntimeError("the grammar allows no token here (it cannot be completed)")
+                raise GrammarError("the grammar allows no token here (it cannot be completed)")
         lib.llama_sampler_accept(cptr, tok)
         lib.llama_sampler_accept(self._gptr, tok)
         return tok

@@ -178,7 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
               model_alias=args.alias, cors_origins=args.cors_origin or None, lookup=args.lookup,
               mmproj=args.mmproj, allow_image_urls=args.allow_image_urls, draft_model=args.draft_model,
               draft_max=args.draft_max, whisper_model=args.whisper_model, rpc_servers=args.rpc,
-              tensor_split=args.tensor_split, chat_page=not args.no_chat_page)
+              tensor_split=args.tensor_split, chat_page=not args.no_chat_page,
+              max_body_bytes=int(args.max_body_mb * 1024 * 1024), queue_timeout=args.queue_timeout or None)
     if args.mongoose:
         import signal
         import threading
@@ -229,6 +230,24 @@ def _tensor_split(text: str) -> list[float]:
         return [float(x) for x in text.replace("/", ",").split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 3,1; got {text!r}") from None
+
+
+def _number(text: str, zero_ok: bool) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v >= 0 if zero_ok else v > 0) or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a {'non-negative' if zero_ok else 'positive'} number, got {text!r}")
+    return v
+
+
+def _positive(text: str) -> float:
+    return _number(text, False)
+
+
+def _positive_or_zero(text: str) -> float:
+    return _number(text, True)
 
 
 def _multi_host(p: argparse.ArgumentParser) -> None:
@@ -356,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", default=os.environ.get("CYLLAMA_API_KEY"),
                    help="require Authorization: Bearer KEY (default: $CYLLAMA_API_KEY)")
     s.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
+    s.add_argument("--queue-timeout", type=_positive_or_zero, default=0, metavar="SECONDS",
+                   help="answer 503 (with Retry-After) to a request that waited this long for a slot (0: no limit)")
+    s.add_argument("--max-body-mb", type=_positive, default=32, metavar="MB",
+                   help="largest request body in MiB (larger: 413; default 32)")
     s.add_argument("--alias", help="model id reported to clients")
     s.add_argument("--no-chat-page", action="store_true", help="do not serve the chat page at /")
     s.add_argument("--cors-origin", action="append", metavar="ORIGIN",

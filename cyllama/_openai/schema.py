@@ -2,7 +2,7 @@
 
 Unknown fields are refused (``UnknownFieldError``, a ``TypeError``; a 400 on the server), values
 out of OpenAI's ranges are refused (``InvalidRequestError``, a ``ValueError``), each naming the
-field. Besides OpenAI's fields the requests take llama.cpp's sampling extras (``top_k``,
+field. Numbers must be finite, and integers that llama.cpp takes as 32-bit fit in one. Besides OpenAI's fields the requests take llama.cpp's sampling extras (``top_k``,
 ``min_p``, ``repeat_penalty``, ``grammar``...), as llama-server does. Fields that only matter to a
 hosted service (``user``, ``metadata``, ``store``...) are accepted and ignored.
 """
@@ -21,9 +21,10 @@ class InvalidRequestError(ValueError):
     """A request OpenAI would answer with an error: ``status`` (400, 404...) and the ``param`` at fault."""
 
     def __init__(self, message: str, param: str | None = None, status: int = 400, code: str | None = None,
-                 type_: str = "invalid_request_error"):
+                 type_: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message, self.param, self.status, self.code, self.type = message, param, status, code, type_
+        self.headers = headers  # extra HTTP headers of the answer (Retry-After for a 503)
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -33,12 +34,15 @@ class UnknownFieldError(InvalidRequestError, TypeError):
     """A field the request does not have (a ``TypeError`` too, as an unexpected keyword argument is)."""
 
 
+_I32 = 2**31 - 1  # llama.cpp's int parameters
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class StreamOptions(_Model):
@@ -68,18 +72,18 @@ class _Sampling(_Model):
     prompt_cache_key: Optional[str] = None
     safety_identifier: Optional[str] = None
     # llama.cpp's extras
-    top_k: Optional[int] = Field(None, ge=0)
+    top_k: Optional[int] = Field(None, ge=0, le=_I32)
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     typical_p: Optional[float] = Field(None, gt=0.0, le=1.0)
     repeat_penalty: Optional[float] = Field(None, gt=0.0)
-    repeat_last_n: Optional[int] = Field(None, ge=-1)
+    repeat_last_n: Optional[int] = Field(None, ge=-1, le=_I32)
     mirostat: Optional[int] = Field(None, ge=0, le=2)
     mirostat_tau: Optional[float] = Field(None, ge=0.0)
     mirostat_eta: Optional[float] = Field(None, ge=0.0)
     dry_multiplier: Optional[float] = Field(None, ge=0.0)
     dry_base: Optional[float] = Field(None, ge=1.0)
-    dry_allowed_length: Optional[int] = Field(None, ge=0)
-    dry_penalty_last_n: Optional[int] = Field(None, ge=-1)
+    dry_allowed_length: Optional[int] = Field(None, ge=0, le=_I32)
+    dry_penalty_last_n: Optional[int] = Field(None, ge=-1, le=_I32)
     dry_sequence_breakers: Optional[List[str]] = None
     xtc_probability: Optional[float] = Field(None, ge=0.0, le=1.0)
     xtc_threshold: Optional[float] = Field(None, ge=0.0, le=1.0)
@@ -92,7 +96,7 @@ class _Sampling(_Model):
     # speculative decoding by prompt lookup (transformers' names; 0 = off, or the server's --lookup)
     prompt_lookup_num_tokens: Optional[int] = Field(None, ge=0, le=1024)
     prompt_lookup_max_ngram: Optional[int] = Field(None, ge=1, le=8)
-    id_slot: Optional[int] = None
+    id_slot: Optional[int] = Field(None, ge=-1, le=_I32)
 
     @field_validator("stop")
     @classmethod
@@ -168,7 +172,7 @@ class EmbeddingRequest(_Model):
     input: Union[str, List[str], List[int], List[List[int]]]
     model: Optional[str] = None
     encoding_format: Optional[Literal["float", "base64"]] = "float"
-    dimensions: Optional[int] = Field(None, ge=1)
+    dimensions: Optional[int] = Field(None, ge=1, le=_I32)
     user: Optional[str] = None
 
 

@@ -54,6 +54,9 @@ _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "
              "prompt_lookup_max_ngram": "prompt_lookup_max_ngram"}
 
 
+_RENDER_ARGS = frozenset({"self", "messages", "tools", "add_generation_prompt"})  # set by the request itself
+
+
 @dataclass
 class Job:
     """One generation: choice ``index`` of the response."""
@@ -488,6 +491,10 @@ class OpenAIService:
         if tp.grammar is not None:
             self._check_grammar(tp.grammar.grammar, "tools")
         msgs, template_tools = tp.messages, tp.template_tools
+        reserved = sorted(set(req.chat_template_kwargs or ()) & _RENDER_ARGS)
+        if reserved:
+            raise InvalidRequestError(f"chat_template_kwargs cannot set {', '.join(reserved)} (the request does)",
+                                      "chat_template_kwargs")
         from ..chat_template import ChatTemplateError
 
         def render(m: list[dict[str, Any]]) -> str:
@@ -556,7 +563,7 @@ class OpenAIService:
             else:
                 try:
                     toks = [int(t) for t in vocab.check_tokens(list(item))]
-                except ValueError as exc:
+                except (ValueError, TypeError) as exc:  # out of the vocabulary; too large for an int
                     raise InvalidRequestError(str(exc), "prompt") from None
             jobs_tokens.append(self._fit(toks, "prompt"))
         n = req.n or 1
@@ -611,7 +618,7 @@ class OpenAIService:
             else:
                 try:
                     t = [int(v) for v in self.vocab.check_tokens(list(x))]
-                except ValueError as exc:
+                except (ValueError, TypeError) as exc:
                     raise InvalidRequestError(f"input[{i}]: {exc}", "input") from None
             if not t:
                 raise InvalidRequestError(f"input[{i}] is empty", "input")

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .._config import model_sampling_defaults
 from .._embedding import Embedder
-from .._engine import Engine, EngineRequest, QueueFullError
+from .._engine import Engine, EngineRequest, EngineStoppedError, QueueFullError
 from .._generation import GenerationChunk
 from .._openai.schema import InvalidRequestError
 from .._openai.service import Job, OpenAIService, server_defaults
@@ -30,7 +30,9 @@ class ModelService:
                  lookup: int = 0, mmproj: str | os.PathLike | None = None, allow_image_urls: bool = False,
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
                  whisper_model: str | os.PathLike | None = None,
-                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None):
+                 rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None,
+                 queue_timeout: float | None = None):
+        # queue_timeout: seconds a request may wait for a slot before it gets 503 (None: no limit)
         # rpc_servers: the model's layers on llama.cpp rpc-servers (the draft model stays local)
         self.model = LlamaModel(model_path, LlamaModelParams(n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers,
                                                              tensor_split=tensor_split))
@@ -49,7 +51,7 @@ class ModelService:
                 self.mtmd = MtmdContext(mmproj, self.model, use_gpu=n_gpu_layers != 0, n_threads=n_threads)
             self.engine = Engine(self.model, n_slots=n_parallel, n_ctx=n_ctx, n_batch=n_batch, max_queue=max_queue,
                                  n_threads=n_threads, lookup=lookup, mtmd=self.mtmd, draft_model=self.draft_model,
-                                 speculative=spec if draft_model is not None else None)
+                                 speculative=spec if draft_model is not None else None, queue_timeout=queue_timeout)
         except BaseException:
             if self.draft_model is not None:
                 self.draft_model.close()
@@ -88,12 +90,18 @@ class ModelService:
                 self._embedder = Embedder(self.model, None, True, n_threads=self.n_threads)
             return self._embedder.embed_tokens(token_lists)
 
-    def submit(self, job: Job, on_chunk: Callable[[GenerationChunk], None]) -> EngineRequest:
+    def submit(self, job: Job, on_chunk: Callable[[GenerationChunk], None],
+               on_start: Callable[[], None] | None = None) -> EngineRequest:
+        """Queues a job (chunks to ``on_chunk``, ``on_start`` when it gets a slot, both on the
+        engine thread); a full queue or a stopped engine is a 503."""
         try:
             return self.engine.submit(job.tokens, job.config, job.grammar, on_chunk=on_chunk,
-                                      media=job.media() if job.media is not None else None)
+                                      media=job.media() if job.media is not None else None, on_start=on_start)
         except QueueFullError as exc:
-            raise ApiError(str(exc), None, 503, "queue_full", "server_overloaded") from None
+            raise ApiError(str(exc), None, 503, "queue_full", "server_overloaded",
+                           headers={"Retry-After": "1"}) from None
+        except EngineStoppedError as exc:
+            raise ApiError(f"the server cannot generate: {exc}", None, 503, "engine_stopped", "server_error") from None
         except ValueError as exc:
             raise ApiError(str(exc)) from None
 
@@ -117,7 +125,7 @@ class ModelService:
             raise ApiError("tokens must be a list of integers", "tokens")
         try:
             self.vocab.check_tokens(toks)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # out of the vocabulary; too large for an int
             raise ApiError(str(exc), "tokens") from None
         return {"content": self.vocab.detokenize(toks) if toks else ""}
 
@@ -132,6 +140,8 @@ class ModelService:
         put("requests_finished_total", "counter", m["requests_finished"], "Generations that finished")
         put("requests_cancelled_total", "counter", m["requests_cancelled"], "Generations cancelled (disconnects)")
         put("requests_failed_total", "counter", m["requests_failed"], "Generations that failed")
+        put("requests_timed_out_total", "counter", m["requests_timed_out"],
+            "Requests that waited longer than the queue timeout for a slot (503)")
         put("prompt_tokens_total", "counter", m["prompt_tokens_total"], "Prompt tokens received")
         put("prompt_tokens_cached_total", "counter", m["cached_prompt_tokens_total"],
             "Prompt tokens reused from the KV cache")

@@ -6,7 +6,10 @@ ending in ``data: [DONE]``), ``POST /v1/embeddings``, ``GET /v1/models``, ``GET 
 ``GET /metrics`` (Prometheus text), ``POST /tokenize``, ``POST /detokenize``.
 
 Requests never wait behind a global lock: each one is a sequence in the engine, and its handler
-awaits the engine's chunks on an asyncio queue. A client that disconnects cancels its sequence.
+awaits the engine's chunks on an asyncio queue (:mod:`._requests`). A client that disconnects
+cancels its sequence. A malformed request is a 4xx in OpenAI's error shape; a body over
+``max_body_bytes`` is a 413; a full queue, or a wait for a slot longer than the service's
+``queue_timeout``, is a 503 with ``Retry-After``. ``/openapi.json`` describes the request bodies.
 Binds to 127.0.0.1 by default; with ``api_key`` every route but ``/health`` needs
 ``Authorization: Bearer <key>``.
 
@@ -26,20 +29,41 @@ from typing import Any, AsyncIterator, Sequence
 
 try:
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse
 except ImportError:  # pragma: no cover
     raise ImportError("the embedded server needs FastAPI and uvicorn: pip install 'cyllama[server]'") from None
 
-from .._generation import GenerationChunk
 from .._openai.schema import InvalidRequestError
 from .._openai.service import Plan
+from ._openapi import install_openapi
+from ._requests import answer
 from ._service import ApiError, ModelService
 from .chat_page import add_chat_page, add_props
 
-__all__ = ["create_app", "EmbeddedServer", "start_server"]
+__all__ = ["create_app", "EmbeddedServer", "start_server", "MAX_BODY_BYTES"]
 
-_POLL = 0.25  # seconds between checks for a client that went away
 MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object: strict JSON (no NaN or Infinity, no unpaired surrogate
+    escapes, which no text encoding can carry), else an ApiError (400)."""
+    try:
+        body = json.loads(raw or b"null", parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError("the request body must be a JSON object")
+    if b"\\ud" in raw.lower():  # an escaped surrogate: check that each one is paired
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError("the request body is not valid JSON: it has an unpaired UTF-16 surrogate escape") from None
+    return body
 
 
 def create_app(service: ModelService, api_key: str | None = None, close_service: bool = False,
@@ -64,7 +88,7 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
     oa = service.openai
 
     def error(exc: InvalidRequestError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     app.add_middleware(_Guard, service=service, api_key=api_key, max_body_bytes=max_body_bytes)
     if cors_origins:
@@ -97,123 +121,15 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
                                          type_="server_error"))
 
     async def body_of(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        try:
-            body = json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(f"the request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise ApiError("the request body must be a JSON object")
-        return body
-
-    def sse(obj: Any) -> bytes:
-        return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
-
-    def start(plan: Plan) -> tuple[asyncio.Queue, list[Any]]:
-        """Submits every job of ``plan`` to the engine; their chunks arrive on one queue as (index, chunk)."""
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        reqs: list[Any] = []
-
-        def on_chunk_for(i: int) -> Any:
-            def on_chunk(c: GenerationChunk) -> None:  # runs on the engine thread
-                try:
-                    loop.call_soon_threadsafe(q.put_nowait, (i, c))
-                except RuntimeError:  # the loop is gone (shutdown): nobody is listening
-                    pass
-            return on_chunk
-
-        try:
-            for job in plan.jobs:
-                reqs.append(service.submit(job, on_chunk_for(job.index)))
-        except BaseException:
-            for r in reqs:
-                r.cancel()
-            raise
-        return q, reqs
-
-    async def next_item(request: Request, q: asyncio.Queue, last: list[float]) -> tuple[int, GenerationChunk] | None:
-        """The next (index, chunk), or None once the client has gone (some ASGI servers only tell
-        through ``receive``, not by failing ``send``, so look there every quarter second)."""
-        while True:
-            now = time.monotonic()
-            if now - last[0] > _POLL:
-                last[0] = now
-                if await request.is_disconnected():
-                    return None
-            try:
-                return q.get_nowait()
-            except asyncio.QueueEmpty:
-                pass
-            try:
-                return await asyncio.wait_for(q.get(), _POLL)
-            except asyncio.TimeoutError:
-                continue
-
-    async def events(request: Request, plan: Plan, q: asyncio.Queue, reqs: list[Any]) -> AsyncIterator[dict]:
-        """The plan's output, as the assembler makes it; raises ApiError for a failed generation."""
-        asm = plan.assembler
-        pending = len(reqs)
-        last = [time.monotonic()]
-        while pending:
-            item = await next_item(request, q, last)
-            if item is None:
-                raise ConnectionResetError("client disconnected")
-            i, c = item
-            if c.finish_reason == "error":
-                raise ApiError(f"generation failed: {reqs[i].error}", None, 500, type_="server_error")
-            for obj in asm.on_chunk(i, c):
-                yield obj
-            if c.finish_reason is not None:
-                pending -= 1
-                for obj in asm.on_end(i, c.finish_reason, len(reqs[i].completion_tokens)):
-                    yield obj
-
-    async def answer(request: Request, plan: Plan) -> Any:
-        q, reqs = start(plan)
-        asm = plan.assembler
-        if not plan.stream:
-            try:
-                async for _ in events(request, plan, q, reqs):
-                    pass
-            except ConnectionResetError:
-                service.counters["client_disconnects_total"] += 1
-                raise ApiError("client disconnected", None, 499) from None
-            finally:
-                for r in reqs:
-                    r.cancel()  # a no-op for finished ones; frees the rest if we bailed out
-            return asm.response()
-
-        async def stream() -> AsyncIterator[bytes]:
-            done = False
-            try:
-                for job in plan.jobs:
-                    for obj in asm.opening(job.index):
-                        yield sse(obj)
-                try:
-                    async for obj in events(request, plan, q, reqs):
-                        yield sse(obj)
-                except ApiError as exc:
-                    yield sse(exc.body())
-                    return
-                for obj in asm.closing():
-                    yield sse(obj)
-                yield b"data: [DONE]\n\n"
-                done = True
-            except ConnectionResetError:
-                return
-            finally:
-                if not done:
-                    for r in reqs:
-                        r.cancel()
-                    service.counters["client_disconnects_total"] += 1
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return parse_body(await request.body())
 
     # -- routes ----------------------------------------------------------------------------
     @app.get("/health")
     async def health() -> Any:
-        return {"status": "ok", "slots_busy": service.engine.busy_slots, "slots_total": service.engine.n_slots}
+        engine = service.engine
+        body = {"status": "ok" if engine.running else "error", "slots_busy": engine.busy_slots,
+                "slots_total": engine.n_slots, "queue_length": engine.queue_length}
+        return body if engine.running else JSONResponse(body, status_code=503)
 
     @app.get("/metrics")
     async def metrics() -> Any:
@@ -244,6 +160,8 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
 
         try:
             form = await request.form()
+        except ApiError:  # the body is too large
+            raise
         except Exception as exc:  # not multipart, or python-multipart missing
             raise ApiError(f"send multipart/form-data with a 'file' part ({exc})", "file") from None
         upload = form.get("file")
@@ -286,20 +204,22 @@ def create_app(service: ModelService, api_key: str | None = None, close_service:
     async def chat_completions(request: Request) -> Any:
         body = await body_of(request)
         if oa.mtmd is None:
-            return await answer(request, oa.chat(body))
-        return await answer(request, await asyncio.get_running_loop().run_in_executor(None, chat_plan, body))
+            return await answer(service, request, oa.chat(body))
+        return await answer(service, request, await asyncio.get_running_loop().run_in_executor(None, chat_plan, body))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        return await answer(request, oa.completion(await body_of(request)))
+        return await answer(service, request, oa.completion(await body_of(request)))
 
+    install_openapi(app)
     return app
 
 
 class _Guard:
     """Plain ASGI middleware (BaseHTTPMiddleware would hide client disconnects from streaming
-    handlers): counts requests and errors, and checks the API key on every route but /health and
-    the chat page (which asks for the key)."""
+    handlers): counts requests and errors, limits the body size (by its Content-Length, and as it
+    arrives for a chunked body) and checks the API key on every route but /health and the chat
+    page (which asks for the key)."""
 
     def __init__(self, app: Any, service: ModelService, api_key: str | None, max_body_bytes: int = MAX_BODY_BYTES):
         self.app, self.service, self.api_key, self.max_body = app, service, api_key, max_body_bytes
@@ -335,7 +255,18 @@ class _Guard:
                 counters["http_errors_total"] += 1
             await send(message)
 
-        await self.app(scope, receive, send_counting)
+        received = 0
+
+        async def receive_limited() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:  # the handler's read fails with a 413
+                    raise ApiError(f"the request body is larger than {self.max_body} bytes", None, 413)
+            return message
+
+        await self.app(scope, receive_limited, send_counting)
 
 
 class EmbeddedServer:
@@ -353,6 +284,7 @@ class EmbeddedServer:
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
                  whisper_model: str | os.PathLike | None = None,
                  rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES, queue_timeout: float | None = None,
                  chat_page: bool = True):
         self.host, self.port = host, port
         self.api_key = api_key
@@ -362,8 +294,9 @@ class EmbeddedServer:
                                     chat_template=chat_template, lookup=lookup, mmproj=mmproj,
                                     allow_image_urls=allow_image_urls, draft_model=draft_model,
                                     draft_max=draft_max, whisper_model=whisper_model,
-                                    rpc_servers=rpc_servers, tensor_split=tensor_split)
-        self.app = create_app(self.service, api_key, cors_origins=cors_origins, chat_page=chat_page)
+                                    rpc_servers=rpc_servers, tensor_split=tensor_split, queue_timeout=queue_timeout)
+        self.app = create_app(self.service, api_key, cors_origins=cors_origins, max_body_bytes=max_body_bytes,
+                              chat_page=chat_page)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -436,7 +369,9 @@ def start_server(model_path: str | os.PathLike, host: str = "127.0.0.1", port: i
     Extra keyword arguments: ``n_parallel`` (slots, default 4), ``n_threads``, ``api_key``,
     ``max_queue``, ``model_alias``, ``chat_template``, ``log_level``, ``cors_origins``, ``lookup``
     (speculative decoding by prompt lookup: up to that many draft tokens per step), ``mmproj``
-    (a multimodal projector: chat messages may carry images as data: URLs, and audio).
+    (a multimodal projector: chat messages may carry images as data: URLs, and audio),
+    ``max_body_bytes`` (larger bodies get 413), ``queue_timeout`` (seconds a request may wait for
+    a slot before it gets 503).
     """
     server = EmbeddedServer(model_path, host, port, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, **kwargs)
     if not block:

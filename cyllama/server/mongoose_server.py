@@ -18,7 +18,7 @@ import threading
 from typing import Any, Sequence
 
 from ._service import ModelService
-from .embedded import create_app
+from .embedded import MAX_BODY_BYTES, create_app
 
 __all__ = ["MongooseServer"]
 
@@ -70,6 +70,7 @@ class MongooseServer:
                  draft_model: str | os.PathLike | None = None, draft_max: int = 16,
                  whisper_model: str | os.PathLike | None = None,
                  rpc_servers: str | Sequence[str] | None = None, tensor_split: Sequence[float] | None = None,
+                 max_body_bytes: int = MAX_BODY_BYTES, queue_timeout: float | None = None,
                  chat_page: bool = True):
         self._asgi = _require_cymongoose()
         self.host = host
@@ -79,9 +80,9 @@ class MongooseServer:
                                     chat_template=chat_template, lookup=lookup, mmproj=mmproj,
                                     allow_image_urls=allow_image_urls, draft_model=draft_model,
                                     draft_max=draft_max, whisper_model=whisper_model,
-                                    rpc_servers=rpc_servers, tensor_split=tensor_split)
+                                    rpc_servers=rpc_servers, tensor_split=tensor_split, queue_timeout=queue_timeout)
         self.app = _CloseAfterResponse(create_app(self.service, api_key, cors_origins=cors_origins,
-                                                  chat_page=chat_page))
+                                                  max_body_bytes=max_body_bytes, chat_page=chat_page))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
