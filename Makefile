@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEPS   := cffi numpy jinja2 requests pydantic pytest fastapi uvicorn python-multipart httpx openai langchain-core langchain-openai langchain-tests==1.1.9 tqdm gguf cymongoose soundfile soxr scipy huggingface_hub selenium \
-         mkdocs 'mkdocstrings[python]' mkdocs-material nbclient nbformat ipykernel matplotlib
+         mkdocs 'mkdocstrings[python]' mkdocs-material nbclient nbformat ipykernel matplotlib schemathesis
 
 .PHONY: venv build run test bench info docs clean
 
