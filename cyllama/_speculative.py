@@ -40,6 +40,7 @@ _VOCAB_MAX_SIZE_DIFFERENCE = 128
 _VOCAB_CHECK_START_TOKEN_ID = 5
 _DRAFT_TOP_K = 10  # the draft sampler's top-k; p_min is tested on the softmax over these
 _MAX_BACKOFF = 16  # steps without drafting after repeated misses
+_NEGLIGIBLE = 14.0  # logits this far below the best have probability ratios under 1e-6
 
 
 @dataclass
@@ -85,6 +86,19 @@ def check_compatible(target: "LlamaModel", draft: "LlamaModel") -> Optional[str]
         if vt.get_text(i) != vd.get_text(i):
             return f"token {i} differs ({vt.get_text(i)!r} vs {vd.get_text(i)!r})"
     return None
+
+
+def _top_pick(logits: "np.ndarray") -> tuple[int, float]:
+    """The most likely token and its probability after top-k (``_DRAFT_TOP_K``) and softmax, as
+    llama.cpp's draft sampler computes it. Only logits within ``_NEGLIGIBLE`` of the best are
+    ranked (one pass over the vocabulary instead of a partition): the others add less than 1e-6
+    to the sum, and the probability only decides how long to draft, never which tokens are kept."""
+    best = int(logits.argmax())
+    top = float(logits[best])
+    near = logits[logits > top - _NEGLIGIBLE]
+    if near.size > _DRAFT_TOP_K:
+        near = np.partition(near, -_DRAFT_TOP_K)[-_DRAFT_TOP_K:]
+    return best, 1.0 / float(np.exp(near.astype(np.float64) - top).sum())
 
 
 def _prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -166,17 +180,13 @@ class Speculative:
         while True:
             batch.clear()
             batch.add(tok, pos, seq, True)
-            ctx.decode(batch)
-            cached.append(tok)
-            pos += 1
-            logits = ctx.get_logits_ith(-1)
-            top = np.argpartition(logits, -_DRAFT_TOP_K)[-_DRAFT_TOP_K:]
-            vals = logits[top].astype(np.float64)
-            best = int(np.argmax(vals))
-            p = 1.0 / float(np.exp(vals - vals[best]).sum())
+            with ctx._busy:  # the logits view is read before anything else can decode
+                ctx.decode(batch)
+                cached.append(tok)
+                pos += 1
+                tok, p = _top_pick(ctx.get_logits_ith(-1, copy=False))
             if p < params.p_min:
                 break
-            tok = int(top[best])
             out.append(tok)
             if len(out) >= n_max:
                 break
@@ -242,8 +252,10 @@ class Drafter:
 
 class PromptLookup(Drafter):
     """Drafts by copying: finds the latest earlier occurrence of the last ``max_ngram`` (down to
-    ``min_ngram``) tokens and proposes the ``num_tokens`` that followed it. Its index grows with
-    the history, so each step costs O(max_ngram), not O(history)."""
+    ``min_ngram``) tokens and proposes the ``num_tokens`` that followed it. While the output keeps
+    following the place it copies from, the next draft continues from there (a short n-gram like
+    ``self.`` recurs all over a file; the copy's own position does not). Its index grows with the
+    history, so each step costs O(max_ngram + new tokens), not O(history)."""
 
     def __init__(self, num_tokens: int, max_ngram: int = 3, min_ngram: int = 2):
         if not 1 <= min_ngram <= max_ngram:
@@ -253,10 +265,13 @@ class PromptLookup(Drafter):
         self.n_max, self.max_ngram, self.min_ngram = num_tokens, max_ngram, min_ngram
         self._index: dict[tuple[int, ...], int] = {}
         self._n = 0  # n-grams ending before this position are indexed
+        self._src = -1  # the last draft copied from after history[_src], which matched history[_seen - 1]
+        self._seen = 0
 
     def begin(self, history: list[int]) -> None:
         self._index.clear()
         self._n = 0
+        self._src = -1
 
     def draft(self, history: list[int], n: int) -> list[int]:
         index, lo, hi = self._index, self.min_ngram, self.max_ngram
@@ -265,11 +280,25 @@ class PromptLookup(Drafter):
             for size in range(lo, min(hi, i + 1) + 1):
                 index[tuple(history[i - size + 1:i + 1])] = i
         self._n = max(self._n, end)
-        for size in range(min(hi, len(history)), lo - 1, -1):
-            at = index.get(tuple(history[-size:]))
-            if at is not None:
-                return history[at + 1:at + 1 + n]
-        return []
+        at = self._follow(history)
+        if at < 0:
+            for size in range(min(hi, len(history)), lo - 1, -1):
+                at = index.get(tuple(history[-size:]), -1)
+                if at >= 0:
+                    break
+        self._src, self._seen = at, len(history)
+        return history[at + 1:at + 1 + n] if at >= 0 else []
+
+    def _follow(self, history: list[int]) -> int:
+        """Where the copy in progress continues: the source position matching the history's last
+        token, when everything added since the last draft equals what followed its source; else -1."""
+        src, seen = self._src, self._seen
+        grown = len(history) - seen
+        if src < 0 or grown <= 0 or src + grown >= len(history) - 1:
+            return -1
+        if history[src + 1:src + 1 + grown] != history[seen:]:
+            return -1
+        return src + grown
 
 
 class NgramLookup(Drafter):
@@ -305,10 +334,17 @@ class NgramLookup(Drafter):
 
 
 class DraftModel(Drafter):
-    """Drafts with a small model through :class:`Speculative`."""
+    """Drafts with a small model through :class:`Speculative`. Its length is the draft model's
+    own call (it stops when unsure, ``p_min``), as in llama.cpp, not the lookups' adaptive budget."""
 
     def __init__(self, spec: Speculative, params: SpeculativeParams):
         self.spec, self.params, self.n_max = spec, params, params.n_draft
+
+    def budget(self, n: int) -> int:
+        return min(n, self.n_max)
+
+    def accepted(self, n_drafted: int, n_accepted: int) -> None:
+        pass
 
     def draft(self, history: list[int], n: int) -> list[int]:
         params = self.params if n >= self.params.n_draft else self.params.replace(
@@ -322,15 +358,26 @@ class ChainDrafter(Drafter):
     def __init__(self, *drafters: Drafter):
         self.drafters = drafters
         self.n_max = max(d.n_max for d in drafters)
+        self._last: Drafter | None = None  # the one whose draft is being verified
+
+    def budget(self, n: int) -> int:
+        return min(n, self.n_max)  # each drafter applies its own budget in draft()
+
+    def accepted(self, n_drafted: int, n_accepted: int) -> None:
+        if self._last is not None:
+            self._last.accepted(n_drafted, n_accepted)
 
     def begin(self, history: list[int]) -> None:
         for d in self.drafters:
             d.begin(history)
 
     def draft(self, history: list[int], n: int) -> list[int]:
+        self._last = None
         for d in self.drafters:
-            out = d.draft(history, min(n, d.n_max))
+            room = d.budget(min(n, d.n_max))
+            out = d.draft(history, room)[:room] if room > 0 else []
             if out:
+                self._last = d
                 return out
         return []
 

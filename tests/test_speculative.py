@@ -19,6 +19,7 @@ from cyllama import (LLM, GenerationConfig, LlamaContext, LlamaContextParams, Ng
                      SpeculativeParams)
 from cyllama._ffi import lib_dir
 from cyllama._generation import eval_prompt
+from cyllama._speculative import ChainDrafter, Drafter, PromptLookup
 
 NEAR_TIE = 0.3  # logits; what batch-shape rounding moves on this Q4 model is ~0.1
 
@@ -291,6 +292,44 @@ def test_lookup_options_are_validated():
         GenerationConfig(prompt_lookup_num_tokens=-1)
     with pytest.raises(ValueError, match="ngram_cache"):
         GenerationConfig(ngram_cache={})
+
+
+def test_prompt_lookup_follows_the_copy_in_progress():
+    # the source: "a x b" recurs with different continuations; the output copies the second line
+    src = [1, 7, 2, 10, 11, 12, 3, 7, 2, 20, 21, 22, 23, 24, 4]
+    d = PromptLookup(num_tokens=3, max_ngram=2, min_ngram=2)
+    hist = src + [7, 2]
+    assert d.draft(hist, 3) == [20, 21, 22]  # the latest "7 2" (a plain n-gram lookup)
+    hist += [20, 21, 22, 23]  # the draft confirmed, plus the next token
+    # "22 23" alone would be ambiguous for an n-gram index; following the copy is not
+    assert d.draft(hist, 3) == [24, 4, 7]
+    hist += [99]  # the copy parts from its source: back to the n-gram index (no "23 99" anywhere)
+    assert d.draft(hist, 3) == []
+    d.begin(hist)
+    assert d.draft(src + [7, 2], 2) == [20, 21]
+
+
+class _Fixed(Drafter):
+    def __init__(self, out: list[int], n_max: int):
+        self.out, self.n_max, self.seen = out, n_max, []
+
+    def draft(self, history, n):
+        return self.out[:n]
+
+    def accepted(self, n_drafted, n_accepted):
+        self.seen.append((n_drafted, n_accepted))
+        super().accepted(n_drafted, n_accepted)
+
+
+def test_chain_drafter_routes_budget_and_acceptance_to_the_drafter_that_drafted():
+    lookup, model = _Fixed([5, 6, 7, 8], 4), _Fixed([9, 9, 9], 3)
+    chain = ChainDrafter(lookup, model)
+    assert chain.draft([1], chain.budget(10)) == [5, 6]  # the lookup's own adaptive budget starts at 2
+    chain.accepted(2, 0)  # a miss at once: the lookup pauses, the next step falls to the model
+    assert lookup.seen == [(2, 0)] and model.seen == []
+    assert chain.draft([1], chain.budget(10)) == [9, 9]  # the model's default budget is adaptive too
+    chain.accepted(2, 2)
+    assert model.seen == [(2, 2)]
 
 
 # -- the engine and the server -----------------------------------------------------------------------
