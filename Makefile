@@ -49,6 +49,7 @@ bench: build
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_speculative.py
 	$(PY) benchmarks/bench_multimodal.py
+	$(PY) benchmarks/bench_whisper.py
 
 clean:
 	$(PY) build_lib.py --clean || true

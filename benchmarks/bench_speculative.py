@@ -31,6 +31,7 @@ generate a few tokens past --n-gen; rates stay comparable.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import re
 import statistics
@@ -162,6 +163,9 @@ def section_lookup(args: argparse.Namespace, model: Path) -> None:
     print(f"llama-lookup          {nt:8.1f} tok/s   acceptance {med(nat_acc):.0%}   "
           f"({nat_info['tokens']} tokens decoded, prompt {nat_info['prompt_tokens']} tokens"
           f"{'' if nat_info['prompt_tokens'] == len(tokens) else ' -- NOT the same prompt tokens as ours'})")
+    cost = batch_cost(model, args.lookup + 1, args.threads)
+    print(f"llama-bench: a batch of {args.lookup + 1} tokens costs {cost:.1f} one-token decodes here, so drafting "
+          f"can gain at most {(args.lookup + 1) / cost:.1f}x")
     print(f"speed-up lookup / plain: {lk / p:.2f}x  (target >= 1.5)")
     print(f"greedy outputs plain vs lookup: {same(out['plain'], out['lookup'])}")
     print(f"ratio ours (lookup) / llama-lookup: {lk / nt:.3f}  (llama-lookup also drafts from n-grams of its output)")
@@ -179,6 +183,26 @@ def qwen_pair() -> tuple[Path, Path] | None:
         print("skipped: cyllama._assets.fetch_split does not exist yet; pass --target and --draft")
         return None
     return Path(fetch_split("qwen2.5-coder-1.5b")), Path(fetch_split("qwen2.5-coder-0.5b"))
+
+
+def qwen_draft() -> Path | None:
+    """Qwen2.5-Coder-0.5B for section 1 when CYLLAMA_BENCH_BIG=1 (491 MB), else None."""
+    if os.environ.get("CYLLAMA_BENCH_BIG") != "1":
+        print("\n(section 1 on Qwen2.5-Coder-0.5B skipped: set CYLLAMA_BENCH_BIG=1)")
+        return None
+    return Path(_assets.fetch_split("qwen2.5-coder-0.5b"))
+
+
+def batch_cost(model: Path, n: int, threads: int) -> float:
+    """What decoding a batch of ``n`` tokens costs in single-token decodes (llama-bench pp1 vs ppN):
+    the most any drafting can gain per verified batch is n over this."""
+    exe = lib_dir() / "llama-bench"
+    p = subprocess.run([str(exe), "-m", str(model), "-t", str(threads), "-p", f"1,{n}", "-n", "0", "-r", "3",
+                        "-o", "csv"], capture_output=True, text=True, errors="replace")
+    rates = {int(r["n_prompt"]): float(r["avg_ts"]) for r in csv.DictReader(p.stdout.splitlines())}
+    if 1 not in rates or n not in rates:
+        return float("nan")
+    return (n / rates[n]) / (1 / rates[1])
 
 
 def section_draft(args: argparse.Namespace) -> None:
@@ -307,6 +331,10 @@ def main() -> int:
     print(f"threads {args.threads}, repeat {args.repeat} (medians, interleaved){', quick' if args.quick else ''}")
     if "1" in sections:
         section_lookup(args, model)
+        if args.model is None:  # a code model, where decoding is bound by memory, not compute
+            coder = qwen_draft()
+            if coder is not None:
+                section_lookup(args, coder)
     if "2" in sections:
         section_draft(args)
     if "3" in sections:
