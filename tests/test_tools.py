@@ -12,7 +12,7 @@ import pytest
 
 from cyllama import LLM, _assets
 from cyllama._grammar_gate import Grammar, GrammarGate
-from cyllama._openai import tool_formats as tf
+from cyllama._tools import formats as tf
 from cyllama.chat_template import ChatTemplate
 
 WEATHER = {"type": "function", "function": {

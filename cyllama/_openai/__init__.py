@@ -1,5 +1,6 @@
-"""cyllama's one OpenAI layer: request validation (:mod:`.schema`), tools (:mod:`.tools`), and the
-translation between requests, generation jobs and OpenAI responses (:mod:`.service`).
+"""cyllama's one OpenAI layer: request validation (:mod:`.schema`) and the translation between
+requests, generation jobs and OpenAI responses (:mod:`.service`), tool calls included (the
+model-agnostic tool machinery it shapes as OpenAI's JSON is :mod:`cyllama._tools`, below it).
 
 The server, the in-process client, LangChain's chat model and the drop-in's OpenAI shapes all go
 through it, so a feature added here reaches every entry point. It sits above the high-level API

@@ -28,8 +28,8 @@ from .._grammar_gate import GrammarSpec
 from .._media import has_media
 from ..llama.model import LlamaModel
 from ..llama.sampler import LlamaSampler
-from . import tool_formats as _formats
-from . import tools as _tools
+from .._tools import formats as _formats
+from .._tools import plan as _tools
 from .schema import (ChatCompletionRequest, CompletionRequest, EmbeddingRequest, InvalidRequestError,
                      parse_request)
 

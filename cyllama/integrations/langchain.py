@@ -67,7 +67,7 @@ from .._config import GenerationConfig
 from .._engine import Engine
 from .._llm import LLM, _grammar_for
 from .._openai.schema import ChatCompletionRequest, parse_request
-from .._openai.tools import forced_tool_names, new_call_id
+from .._tools.plan import forced_tool_names, new_call_id
 from .openai_compat import run_on, service_for
 
 __all__ = ["CyllamaLLM", "ChatCyllama", "CyllamaEmbeddings"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Dict, Iterator, Optional
 
-from .._openai.tool_formats import ToolCallStream
+from .._tools.formats import ToolCallStream
 from .llama_grammar import JSON_GBNF, LlamaGrammar
 
 __all__ = ["chat_to_chunks"]

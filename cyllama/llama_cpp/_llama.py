@@ -23,7 +23,7 @@ import numpy.typing as npt
 from .. import _logging
 from .._config import GenerationConfig, build_sampler
 from .._grammar_gate import GatedSampler, Grammar, GrammarGate
-from .._openai.tool_formats import single_token
+from .._tools.formats import single_token
 from .._errors import ModelLoadError
 from .._ffi import ffi
 from .._generation import sample_token

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Protocol, Union
 import numpy as np
 import numpy.typing as npt
 
-from .._openai.tools import plan_tools
+from .._tools.plan import plan_tools
 from ..chat_template import ChatTemplate, ChatTemplateError, get_template
 from . import _chat_formats
 from ._chat_convert import (_convert_completion_to_chat, _convert_completion_to_chat_function,

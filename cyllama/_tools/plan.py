@@ -1,6 +1,8 @@
-"""Tools in chat requests: checking them, and putting them and past calls into the prompt
-(through the template when it has tool syntax, else described in the system message). How each
-family writes calls, and the grammars and parsers for them, are in :mod:`.tool_formats`."""
+"""Tools in a chat: checking them and ``tool_choice``, and putting them and past calls into the
+prompt (through the template when it has tool syntax, else described in the system message).
+:func:`plan_tools` is everything tool calling changes about one chat, for every entry point
+(``LLM.chat``, the OpenAI layer, the drop-in's chat handlers). How each family writes calls, and
+the grammars and parsers for them, are in :mod:`.formats`."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..grammar import json_schema_to_grammar
+from .formats import tool_format_for
 
 __all__ = ["template_features", "normalize_tools", "forced_tool_names", "prepare_tool_messages", "new_call_id",
            "ToolPlan", "ToolRequestError", "plan_tools"]
@@ -124,7 +127,7 @@ def prepare_tool_messages(template: Any, messages: Sequence[Mapping[str, Any]], 
 
     Templates that render ``tools`` get them; for the others the function list is described in the
     system message. Assistant ``tool_calls`` a template cannot render become their JSON text.
-    ``fmt``: the template's :class:`~cyllama._openai.tool_formats.ToolFormat` (call ids the template
+    ``fmt``: the template's :class:`~cyllama._tools.formats.ToolFormat` (call ids the template
     would reject, such as Mistral's nine-character ones, are mapped to ones it takes).
     """
     msgs = [dict(m) for m in messages]
@@ -194,15 +197,13 @@ class ToolPlan:
 
 def plan_tools(template: Any, messages: Sequence[Mapping[str, Any]], tools: Any, tool_choice: Any = None, *,
                parallel: bool = True, special_token: Any = None, own_grammar: bool = False) -> ToolPlan:
-    """Everything tool calling changes about one chat request, for any entry point.
+    """Everything tool calling changes about one chat, for any entry point.
 
     ``tools``/``tool_choice``: as OpenAI takes them. ``special_token(text)``: the single token id
     of a marker, or None. ``own_grammar``: the request constrains output itself (a grammar or
     ``response_format``), which a forced choice cannot be combined with and "auto" leaves alone.
     Raises :class:`ToolRequestError` naming the field.
     """
-    from .tool_formats import tool_format_for
-
     try:
         norm = normalize_tools(tools)
         if tool_choice is not None and norm is None and tool_choice != "none":
