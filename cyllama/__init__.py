@@ -6,7 +6,7 @@ from ._logging import set_verbose
 from ._version import __version__
 from ._config import GenerationConfig, GenerationStats
 from ._generation import GenerationChunk
-from ._llm import LLM, Generator, chat, complete, generate
+from ._llm import LLM, ChatReply, ChatStream, Generator, chat, complete, generate
 from ._ngram import NgramCache
 from ._speculative import Speculative, SpeculativeParams
 from ._batch import BatchGenerator, BatchRequest, BatchResponse, batch_generate
@@ -34,7 +34,8 @@ from .llama import (
 __all__ = [
     "MemoryEstimate", "estimate_gpu_layers", "estimate_memory_usage",
     "__version__",
-    "complete", "generate", "chat", "LLM", "Generator", "GenerationConfig", "GenerationStats", "GenerationChunk",
+    "complete", "generate", "chat", "ChatReply", "ChatStream", "LLM", "Generator", "GenerationConfig",
+    "GenerationStats", "GenerationChunk",
     "NgramCache", "Speculative", "SpeculativeParams",
     "json_schema_to_grammar", "download_model", "list_cached_models", "ChatTemplate", "Llama", "LlamaGrammar",
     "OpenAICompatibleClient",

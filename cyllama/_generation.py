@@ -52,13 +52,21 @@ __all__ = ["GenerationChunk", "CancelToken", "Generation", "TextStream", "run_se
 
 @dataclass(slots=True)
 class GenerationChunk:
-    """One step of a stream: new text (possibly empty while held back) and the token behind it."""
+    """One step of a stream: new text (possibly empty while held back) and the token behind it.
+
+    ``finish_reason`` is set on the last chunk. In a chat with tools (``LLM.chat_stream(tools=...)``)
+    ``text`` is only the answer's content (call markup never appears in it), and the last chunk's
+    ``tool_calls`` holds the calls the model made, in OpenAI's shape (``[]`` when it made none;
+    ``None`` outside chats with tools), and its ``finish_reason`` is ``"tool_calls"`` when they are
+    complete.
+    """
 
     text: str
     token: int | None = None
     logprob: float | None = None
     top_logprobs: dict[int, float] | None = None
     finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class CancelToken:

@@ -9,10 +9,11 @@ by the model's training context) and grown when a later call needs more.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from ._lazy_numpy import np
 
+from ._chat import ChatReply, ChatStream, read_tool_calls
 from ._config import GenerationConfig, GenerationStats, model_sampling_defaults
 from ._embedding import Embedder, model_pooling
 from ._generation import CancelToken, Generation, GenerationChunk, fit_prompt, run_sequence
@@ -25,7 +26,10 @@ from .llama.context import LlamaContext, LlamaContextParams
 from .llama.mtmd.context import MtmdChunks, MtmdContext
 from .llama.model import LlamaModel, LlamaModelParams
 
-__all__ = ["LLM", "Generator", "complete", "generate", "chat"]
+if TYPE_CHECKING:
+    from ._tools import ToolPlan
+
+__all__ = ["LLM", "Generator", "complete", "generate", "chat", "ChatReply", "ChatStream"]
 
 _CTX_STEP = 256
 
@@ -109,6 +113,7 @@ class LLM:
         self.vocab = self.model.get_vocab()
         self._chat_template_source = chat_template
         self._chat_template: Any = None
+        self._markers: dict[str, int | None] = {}  # tool-call marker -> its single token id
         self._ctx: LlamaContext | None = None
         self._cache: list[int] = []
         self._embedders: dict[tuple[str, bool], Embedder] = {}
@@ -352,28 +357,82 @@ class LLM:
             self._chat_template = ChatTemplate.from_model(self.model, source=self._chat_template_source)
         return self._chat_template
 
-    def format_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
-                    tools: Sequence[Mapping[str, Any]] | None = None, **template_kwargs: Any) -> str:
-        """The prompt text the model's chat template makes of ``messages``."""
-        return self._template().render(list(messages), add_generation_prompt=add_generation_prompt,
-                                       tools=tools, **template_kwargs)
+    def _special_token(self, text: str) -> int | None:
+        if text not in self._markers:
+            from ._tools import single_token
 
-    def _chat_tokens(self, messages: Sequence[Mapping[str, Any]], tools: Any, template_kwargs: Mapping[str, Any]) -> list[int]:
+            self._markers[text] = single_token(self.vocab, text)
+        return self._markers[text]
+
+    def _tool_plan(self, messages: Sequence[Mapping[str, Any]], tools: Any, tool_choice: Any, parallel: bool,
+                   own_grammar: bool) -> "ToolPlan":
+        from ._tools import plan_tools
+
+        if not isinstance(parallel, bool):
+            raise TypeError(f"parallel_tool_calls must be True or False, got {parallel!r}")
+        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+            raise ValueError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping):
+                raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content', got {type(m).__name__}")
+        return plan_tools(self._template(), messages, tools, tool_choice, parallel=parallel,
+                          special_token=self._special_token, own_grammar=own_grammar)
+
+    def _render(self, messages: list[dict[str, Any]], template_tools: Any, add_generation_prompt: bool,
+                template_kwargs: Mapping[str, Any]) -> str:
+        return self._template().render(messages, add_generation_prompt=add_generation_prompt, tools=template_tools,
+                                       **template_kwargs)
+
+    def format_chat(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+                    tools: Sequence[Mapping[str, Any]] | None = None, *, tool_choice: Any = None,
+                    parallel_tool_calls: bool = True, **template_kwargs: Any) -> str:
+        """The prompt text :meth:`chat` makes of ``messages`` with the model's chat template (tools
+        and past tool calls put in as :meth:`chat` puts them)."""
+        plan = self._tool_plan(messages, tools, tool_choice, parallel_tool_calls, False)
+        return self._render(plan.messages, plan.template_tools, add_generation_prompt, template_kwargs)
+
+    def _chat_tokens(self, messages: Sequence[Mapping[str, Any]], tools: Any,
+                     template_kwargs: Mapping[str, Any]) -> list[int]:
+        return self._tokens_of(self.format_chat(messages, True, tools, **template_kwargs))
+
+    def _tokens_of(self, text: str) -> list[int]:
         # the template drops a BOS it writes itself when the tokenizer adds one (add_bos)
-        text = self.format_chat(messages, True, tools, **template_kwargs)
         return self.vocab.tokenize(text, add_special=self.vocab.add_bos, parse_special=True)
 
     def chat_stream(self, messages: Sequence[Mapping[str, Any]], config: GenerationConfig | None = None, *,
-                    response_format: Mapping[str, Any] | None = None, tools: Any = None,
-                    template_kwargs: Mapping[str, Any] | None = None, **kwargs: Any) -> Iterator[GenerationChunk]:
-        """Like :meth:`stream`, for a list of ``{"role", "content"}`` messages (with ``mmproj``,
-        content may hold image and audio parts)."""
-        if has_media(messages):
-            cfg = self._config(config, kwargs)
-            chunks = self.media_prompt(messages, tools=tools, template_kwargs=template_kwargs)
-            return self.run([], cfg, _grammar_for(cfg, response_format), media=chunks)
-        tokens = self._chat_tokens(messages, tools, template_kwargs or {})
-        return self.stream(tokens, config, response_format=response_format, **kwargs)
+                    response_format: Mapping[str, Any] | None = None, tools: Any = None, tool_choice: Any = None,
+                    parallel_tool_calls: bool = True, template_kwargs: Mapping[str, Any] | None = None,
+                    **kwargs: Any) -> Iterator[GenerationChunk]:
+        """Like :meth:`stream`, for a conversation (see :meth:`chat` for the arguments).
+
+        With ``tools``, each chunk's ``text`` is only the answer's content (text that may start a
+        call is held back until it is known not to be one, so call markup never appears), and the
+        last chunk carries ``tool_calls`` (OpenAI's shape, ``[]`` when there are none) and
+        ``finish_reason`` ``"tool_calls"`` when the model ended with complete calls. Bad tools or
+        ``tool_choice`` raise ``ValueError`` here, before anything runs.
+        """
+        cfg = self._config(config, kwargs)
+        own = _grammar_for(cfg, response_format)
+        plan = self._tool_plan(messages, tools, tool_choice, parallel_tool_calls, own is not None)
+        grammar: GrammarSpec | None = plan.grammar or own
+        if plan.fmt is not None and plan.grammar is None and own is not None and plan.fmt.special_markers:
+            from ._grammar_gate import Grammar
+
+            grammar = Grammar(own, preserved_tokens=list(plan.fmt.special_markers.values()))
+        tk = template_kwargs or {}
+        if has_media(plan.messages):
+            media = self._media_chunks(plan.messages, plan.template_tools, tk)
+            chunks = self.run([], cfg, grammar, media=media)
+        else:
+            text = self._render(plan.messages, plan.template_tools, True, tk)
+            chunks = self.run(self._fit(self._prompt_tokens(self._tokens_of(text), cfg), cfg), cfg, grammar)
+        if plan.fmt is None or not plan.names:
+            return chunks
+        from ._tools import ToolCallStream
+
+        calls = ToolCallStream(plan.fmt, plan.forced or plan.names, bool(plan.forced),
+                               None if parallel_tool_calls else 1)
+        return read_tool_calls(chunks, calls)
 
     def media_prompt(self, messages: Sequence[Mapping[str, Any]], *, tools: Any = None,
                      template_kwargs: Mapping[str, Any] | None = None, allow_files: bool = True,
@@ -382,8 +441,19 @@ class LLM:
         its media (for :meth:`run`). Image sources: ``data:`` URLs, and (``allow_files``) paths."""
         if self.mtmd is None:
             raise ValueError("image and audio parts need a multimodal projector: LLM(model, mmproj=...)")
+        template_tools = tools
+        if rendered is None:
+            plan = self._tool_plan(messages, tools, None, True, False)
+            messages, template_tools = plan.messages, plan.template_tools
+        return self._media_chunks(messages, template_tools, template_kwargs or {}, allow_files, rendered)
+
+    def _media_chunks(self, messages: Sequence[Mapping[str, Any]], template_tools: Any,
+                      template_kwargs: Mapping[str, Any], allow_files: bool = True,
+                      rendered: str | None = None) -> "MtmdChunks":
+        if self.mtmd is None:
+            raise ValueError("image and audio parts need a multimodal projector: LLM(model, mmproj=...)")
         msgs, sources = split_media(messages, self.mtmd.marker)
-        text = rendered if rendered is not None else self.format_chat(msgs, True, tools, **(template_kwargs or {}))
+        text = rendered if rendered is not None else self._render(msgs, template_tools, True, template_kwargs)
         bitmaps: list[Any] = []
         try:
             for src in sources:
@@ -396,12 +466,39 @@ class LLM:
 
     def chat(self, messages: Sequence[Mapping[str, Any]], config: GenerationConfig | None = None,
              stream: bool = False, on_token: Callable[[str], None] | None = None, *,
-             response_format: Mapping[str, Any] | None = None, **kwargs: Any) -> str | Iterator[str]:
-        """Answers a conversation, formatted with the model's own chat template."""
-        chunks = self.chat_stream(messages, config, response_format=response_format, **kwargs)
+             response_format: Mapping[str, Any] | None = None, tools: Any = None, tool_choice: Any = None,
+             parallel_tool_calls: bool = True, **kwargs: Any) -> ChatReply | ChatStream:
+        """Answers a conversation, formatted with the model's own chat template.
+
+        ``messages``: OpenAI-style dicts (``role`` system/user/assistant/tool, ``content``; an
+        assistant message may carry ``tool_calls`` with ``content`` None, a ``tool`` message its
+        ``tool_call_id``; with ``mmproj``, content may hold image and audio parts). Returns a
+        :class:`ChatReply`: the answer's text as a ``str``, with ``tool_calls``,
+        ``finish_reason`` and ``message`` (the assistant message to append for the next turn).
+        With ``stream=True``, a :class:`ChatStream` of text pieces whose ``reply`` is that
+        :class:`ChatReply` once it ends; :meth:`chat_stream` gives the chunks themselves.
+
+        Tools: ``tools`` are OpenAI function tools (``{"type": "function", "function": {"name",
+        "description", "parameters": <JSON schema>}}``). The call syntax is the one the model's
+        template uses (Hermes/Qwen, Llama 3.x, Mistral, Functionary; templates without tool syntax
+        get the tools described in the system message and answer in a JSON form). ``tool_choice``:
+        ``"auto"`` (the default: the model answers or calls; a call it starts is held to its
+        tool's schema by a grammar), ``"none"`` (the tools are not offered), ``"required"`` (it
+        calls one of them) or ``{"type": "function", "function": {"name": ...}}`` (it calls that
+        one); forced calls are generated under the grammar of the tools' schemas from the first
+        token, so their arguments always parse. ``parallel_tool_calls=False`` allows one call.
+        Call markup never appears in the text. Invalid tools (a bad name or parameters schema), a
+        ``tool_choice`` naming no tool, or ``tool_choice`` without tools raise ``ValueError``.
+        """
+        chunks = self.chat_stream(messages, config, response_format=response_format, tools=tools,
+                                  tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, **kwargs)
+        out = ChatStream(chunks, on_token)
         if stream:
-            return _texts(chunks, on_token)
-        return "".join(_texts(chunks, on_token))
+            return out
+        for _ in out:
+            pass
+        assert out.reply is not None
+        return out.reply
 
     # -- embeddings ------------------------------------------------------------------------
     def embed(self, texts: str | Sequence[str], pooling: str | None = None, normalize: bool = True,
@@ -495,8 +592,37 @@ generate = complete
 
 
 def chat(messages: Sequence[Mapping[str, Any]], model_path: str | os.PathLike,
-         config: GenerationConfig | None = None, stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
-    """Loads the model, answers the conversation with its chat template, frees the model."""
-    fmt = kwargs.pop("response_format", None)
-    return _one_shot(lambda llm: llm.chat(messages, stream=stream, response_format=fmt),
-                     model_path, config, stream, kwargs)
+         config: GenerationConfig | None = None, stream: bool = False, **kwargs: Any) -> ChatReply | ChatStream:
+    """Loads the model, answers the conversation with its chat template, frees the model.
+
+    Takes :meth:`LLM.chat`'s options (``tools``, ``tool_choice``, ``parallel_tool_calls``,
+    ``response_format``, ``template_kwargs``) and any :class:`GenerationConfig` field; returns its
+    :class:`ChatReply` (or, with ``stream=True``, its :class:`ChatStream`, which frees the model
+    when it ends or is closed).
+    """
+    opts = {k: kwargs.pop(k) for k in _CHAT_OPTIONS if k in kwargs}
+    llm = LLM(model_path, (config or GenerationConfig()).replace(**kwargs))
+    try:
+        chunks = llm.chat_stream(messages, **opts)
+    except BaseException:
+        llm.close()
+        raise
+    if not stream:
+        try:
+            out = ChatStream(chunks)
+            for _ in out:
+                pass
+            assert out.reply is not None
+            return out.reply
+        finally:
+            llm.close()
+
+    def owned() -> Iterator[GenerationChunk]:
+        try:
+            yield from chunks
+        finally:
+            llm.close()
+    return ChatStream(owned())
+
+
+_CHAT_OPTIONS = ("response_format", "tools", "tool_choice", "parallel_tool_calls", "template_kwargs")

@@ -165,7 +165,11 @@ def prepare_tool_messages(template: Any, messages: Sequence[Mapping[str, Any]], 
     text = _tool_instructions(tools, forced, parallel)
     if msgs and msgs[0].get("role") == "system":
         first = msgs[0].get("content") or ""
-        msgs[0] = {**msgs[0], "content": f"{first}\n\n{text}" if first else text}
+        if isinstance(first, (list, tuple)):  # content parts: the instructions are one more text part
+            content: Any = [*first, {"type": "text", "text": "\n\n" + text}]
+        else:
+            content = f"{first}\n\n{text}" if first else text
+        msgs[0] = {**msgs[0], "content": content}
     else:
         msgs.insert(0, {"role": "system", "content": text})
     return msgs, None
